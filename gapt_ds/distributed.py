@@ -1,0 +1,51 @@
+"""The few collectives gapt-ds needs, all over the data-parallel group (spec §3-4).
+
+Activations are never partitioned by ZeRO, so MBE's inputs are local; only its statistics (and the
+gate's inputs) cross ranks: one packed SUM all-reduce per optimizer step, plus one D×D Gram
+all-reduce per selected layer and micro-batch in ``mbe_mode="global"``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+Group = Optional[dist.ProcessGroup]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size(group: Group = None) -> int:
+    return dist.get_world_size(group=group) if is_distributed() else 1
+
+
+def all_reduce_sum(t: torch.Tensor, group: Group = None) -> torch.Tensor:
+    """In-place SUM all-reduce (identity in a single process); returns ``t``."""
+    if is_distributed() and world_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def global_gram(z: torch.Tensor, group: Group = None) -> torch.Tensor:
+    """Σ_r Z_rᵀ Z_r over the group, fp32, no autograd (gradients go through the surrogate)."""
+    from gapt_ds.mbe import gram
+
+    with torch.no_grad():
+        return all_reduce_sum(gram(z), group)
+
+
+def skip_cpu_shm_build() -> None:
+    """On CPU, stop DeepSpeed from JIT-compiling its shared-memory comm op (~40 s on first use).
+
+    The op only serves inference all-reduce; training collectives go through torch.distributed/gloo.
+    """
+    try:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    except (ImportError, AttributeError):  # a DeepSpeed without that op: nothing to skip
+        pass

@@ -1,0 +1,287 @@
+"""GAPTEngine: a real DeepSpeed engine that adds phase-weighted MBE to the loss.
+
+Swap one call in an existing DeepSpeed loop and add a ``"gapt"`` block to the JSON:
+
+    engine, optimizer, _, scheduler = gapt_ds.initialize(model=model, model_parameters=model.parameters(),
+                                                         config="ds_config.json")
+    for batch in loader:
+        loss = engine(input_ids=batch, labels=batch).loss   # CE + w·MBE in compression, CE otherwise
+        engine.backward(loss)
+        engine.step()                                       # the gate moves once per optimizer step
+
+The returned object *is* the DeepSpeed engine (its class is a subclass of DeepSpeed's, made at
+``initialize``), so ``backward``, gradient accumulation, ZeRO 0-3, bf16/fp16, ``monitor`` and
+checkpoints behave as in DeepSpeed. Per micro-batch: ``engine.last_micro`` (CE, MBE per layer, loss);
+per optimizer step: ``engine.last_step`` (all-reduced means, phase, skipped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import deepspeed
+import torch
+from deepspeed.utils import logger
+from torch import nn
+
+from gapt_ds import distributed
+from gapt_ds.algorithms import Algorithm, build_algorithm
+from gapt_ds.config import GaptConfig
+from gapt_ds.gate import COMPRESS
+from gapt_ds.hooks import MBECapture, find_blocks, select_layers
+from gapt_ds.skip import forced_overflow
+
+STATE_KEY = "gapt"  # key of gapt-ds's state inside DeepSpeed's client_state
+TB_PREFIX = "gapt/"
+
+
+@dataclass
+class MicroBatchStats:
+    """One micro-batch on this rank (detached tensors; no host sync)."""
+
+    ce: torch.Tensor
+    mbe: list[torch.Tensor]
+    loss: torch.Tensor
+    phase: int
+
+
+@dataclass
+class StepStats:
+    """One optimizer step: CE and per-layer MBE averaged over its micro-batches and all ranks."""
+
+    step: int
+    ce: float
+    mbe: list[float]
+    phase: int  # the phase these micro-batches trained in
+    next_phase: int
+    skipped: bool
+
+    @property
+    def mbe_mean(self) -> float:
+        return sum(self.mbe) / len(self.mbe)
+
+
+class GAPTEngine:
+    """Mixin placed in front of the concrete DeepSpeed engine class (see ``initialize``)."""
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, modules: list[nn.Module], layer_ids: list[int]):
+        self.gapt_config = cfg
+        self.algorithm = algorithm
+        self.mbe_layer_ids = layer_ids
+        self._dp_group = self.data_parallel_group
+        self._mbe = MBECapture(modules, cfg.patch_size, cfg.patch_tail, cfg.mbe_mode, group=self._dp_group)
+        self.last_micro: Optional[MicroBatchStats] = None
+        self.last_step: Optional[StepStats] = None
+        self.gapt_skipped_steps = 0
+        self._warned_uneven = False
+        self._reset_accumulators()
+
+    def _reset_accumulators(self) -> None:
+        self._acc: Optional[torch.Tensor] = None  # [ce_sum, mbe_sum per layer] on the device, no sync
+        self._acc_micro = 0
+        self._acc_windows = 0
+        self._acc_phase = self.algorithm.phase
+
+    @property
+    def phase(self) -> int:
+        """Current phase: 1 memorize, 2 compress (identical on every rank)."""
+        return self.algorithm.phase
+
+    @property
+    def gate(self):
+        """The ``PhaseGate`` of the ``gapt`` algorithm (None for algorithms without one)."""
+        return getattr(self.algorithm, "gate", None)
+
+    # -- micro-batch ------------------------------------------------------------------------------
+    def forward(self, *inputs, **kwargs):
+        """Model forward; the output's loss becomes the algorithm's loss (CE + Σ w_l·MBE_l)."""
+        training = self.module.training and torch.is_grad_enabled()
+        weights = self.algorithm.layer_weights(len(self.mbe_layer_ids)) if training else [0.0] * len(self.mbe_layer_ids)
+        with self._mbe.capture(weights) as layers:
+            out = super().forward(*inputs, **kwargs)
+        missing = [self.mbe_layer_ids[i] for i, r in enumerate(layers) if r is None]
+        assert not missing, f"forward did not run blocks {missing}: their hooks saw no output"
+        ce = _task_loss(out)
+        mbe = [r.value for r in layers]
+        loss = self.algorithm.loss(ce, mbe, weights) if training else ce
+        self.last_micro = MicroBatchStats(ce.detach(), [m.detach() for m in mbe], loss.detach(), self.phase)
+        if training:
+            self._accumulate(ce.detach(), layers)
+        return _with_loss(out, loss)
+
+    def _accumulate(self, ce: torch.Tensor, layers) -> None:
+        row = torch.stack([ce.float(), *[r.local_sum.float() for r in layers]])
+        self._acc = row if self._acc is None else self._acc + row
+        self._acc_micro += 1
+        self._acc_windows += layers[0].count
+
+    # -- optimizer step ---------------------------------------------------------------------------
+    def step(self, lr_kwargs=None):
+        """DeepSpeed's step; at the accumulation boundary also one all-reduce of the step's statistics,
+        a rank-consistent skip if any is non-finite, the algorithm's update and TensorBoard logging."""
+        if not self.is_gradient_accumulation_boundary() or self._acc is None:
+            return super().step(lr_kwargs)
+        ce, mbe = self._reduce_step_stats()
+        finite = math.isfinite(ce) and all(math.isfinite(m) for m in mbe)
+        own_norm = self._plain_grad_norm() if finite else None
+        if finite:
+            super().step(lr_kwargs)
+            logs = self.algorithm.on_step(ce, mbe)
+        else:
+            with forced_overflow(self.optimizer):
+                super().step(lr_kwargs)
+            self.gapt_skipped_steps += 1
+            logs = {}
+            if self.global_rank == 0:
+                logger.warning(f"gapt-ds: non-finite CE ({ce}) or MBE ({mbe}) on some rank at step "
+                               f"{self.global_steps}: optimizer step skipped on every rank")
+        self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, not finite)
+        self._write_events(self.last_step, logs, own_norm)
+        self._reset_accumulators()
+
+    def _plain_grad_norm(self) -> Optional[float]:
+        """Gradient norm where DeepSpeed computes none (ZeRO-0 fp32 with a torch optimizer):
+        the averaged gradients are whole on every rank, so the local norm is the global one."""
+        if not (self.monitor.enabled and self.global_rank == 0) or self.zero_optimization_stage() != 0 \
+                or self.bfloat16_enabled() or self.fp16_enabled():
+            return None
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else None
+
+    def _reduce_step_stats(self) -> tuple[float, list[float]]:
+        """One SUM all-reduce over data-parallel ranks of [Σce, Σmbe_l, #micro, #windows, #windows²]."""
+        counts = torch.tensor([self._acc_micro, self._acc_windows, self._acc_windows**2],
+                              dtype=self._acc.dtype, device=self._acc.device)
+        packed = distributed.all_reduce_sum(torch.cat([self._acc, counts]), self._dp_group).tolist()
+        n_layers = len(self.mbe_layer_ids)
+        ce_sum, mbe_sums = packed[0], packed[1 : 1 + n_layers]
+        micro, windows, windows_sq = packed[1 + n_layers :]
+        world = distributed.world_size(self._dp_group)
+        if not self._warned_uneven and abs(world * windows_sq - windows**2) > 0.5 and self.global_rank == 0:
+            self._warned_uneven = True  # the patch-MBE gradient then weights ranks equally, not by windows
+            logger.warning("gapt-ds: ranks measured different numbers of MBE windows this step; "
+                           "use equal micro-batch shapes on every rank for the exact sharded gradient")
+        return ce_sum / micro, [s / windows for s in mbe_sums]
+
+    def _write_events(self, stats: StepStats, extra: dict[str, float], own_norm: Optional[float]) -> None:
+        if not (self.monitor.enabled and self.global_rank == 0):
+            return
+        step = stats.step
+        events = [("ce", stats.ce), ("mbe_mean", stats.mbe_mean), ("phase", stats.phase),
+                  ("mbe_weight", self.gapt_config.mbe_weight if stats.phase == COMPRESS else 0.0),
+                  ("lr", self.get_lr()[0]), ("skipped_steps", self.gapt_skipped_steps)]
+        events += [(f"mbe/layer_{i}", v) for i, v in zip(self.mbe_layer_ids, stats.mbe)]
+        grad_norm = self.get_global_grad_norm()
+        grad_norm = own_norm if grad_norm is None else grad_norm
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            events.append(("grad_norm", float(grad_norm)))
+        events += list(extra.items())
+        self.monitor.write_events([(TB_PREFIX + tag, float(v), step) for tag, v in events])
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def gapt_state_dict(self) -> dict:
+        return {"algorithm": self.algorithm.name, "layers": self.mbe_layer_ids, "skipped_steps": self.gapt_skipped_steps,
+                "state": self.algorithm.state_dict()}
+
+    def load_gapt_state_dict(self, state: dict) -> None:
+        if state.get("algorithm") != self.algorithm.name:
+            raise ValueError(f"checkpoint was trained with algorithm {state.get('algorithm')!r}, "
+                             f"the config selects {self.algorithm.name!r}")
+        if state.get("layers") != self.mbe_layer_ids:
+            raise ValueError(f"checkpoint measured MBE on layers {state.get('layers')}, "
+                             f"the config selects {self.mbe_layer_ids}")
+        self.algorithm.load_state_dict(state["state"])
+        self.gapt_skipped_steps = int(state.get("skipped_steps", 0))
+        self._reset_accumulators()
+
+    def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True, **kwargs):
+        """DeepSpeed's save, with the algorithm state (gate, phase) added to ``client_state``."""
+        state = dict(client_state or {})
+        state[STATE_KEY] = self.gapt_state_dict()
+        return super().save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=save_latest, **kwargs)
+
+    def load_checkpoint(self, load_dir, tag=None, **kwargs):
+        """DeepSpeed's load; restores the algorithm state. Returns ``(path, client_state)`` as DeepSpeed,
+        without gapt-ds's own entry."""
+        path, client_state = super().load_checkpoint(load_dir, tag, **kwargs)
+        if path is not None and client_state is not None and STATE_KEY in client_state:
+            self.load_gapt_state_dict(client_state.pop(STATE_KEY))
+        elif path is not None and not kwargs.get("load_module_only"):
+            logger.warning(f"gapt-ds: {path} has no gapt state; the algorithm starts fresh")
+        return path, client_state
+
+
+def _task_loss(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        loss = out
+    elif isinstance(out, dict) or hasattr(out, "loss"):
+        loss = out.get("loss") if isinstance(out, dict) else out.loss
+    else:
+        loss = None
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError("gapt-ds needs the model's training loss: call the engine with labels=... "
+                         "(Hugging Face models) or return a scalar loss tensor from forward")
+    return loss
+
+
+def _with_loss(out: Any, loss: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return loss
+    if isinstance(out, dict):  # includes transformers' ModelOutput
+        out["loss"] = loss
+    if hasattr(out, "loss"):
+        out.loss = loss
+    return out
+
+
+_ENGINE_CLASSES: dict[type, type] = {}
+
+
+def _gapt_class(base: type) -> type:
+    if base.__name__ == "PipelineEngine":
+        raise ValueError("gapt-ds does not support DeepSpeed's PipelineEngine (pipeline parallelism) yet")
+    if base not in _ENGINE_CLASSES:
+        _ENGINE_CLASSES[base] = type(f"GAPT{base.__name__}", (GAPTEngine, base), {"__doc__": GAPTEngine.__doc__})
+    return _ENGINE_CLASSES[base]
+
+
+def _config_source(args: Any, config: Any, config_params: Any) -> Any:
+    for candidate in (config, config_params, getattr(args, "deepspeed_config", None)):
+        if candidate is not None:
+            return candidate
+    return None
+
+
+def initialize(args=None, model: Optional[nn.Module] = None, optimizer=None, model_parameters=None,
+               training_data=None, lr_scheduler=None, distributed_port: Optional[int] = None, mpu=None,
+               dist_init_required: Optional[bool] = None, collate_fn=None, config=None, mesh_param=None,
+               config_params=None, *, mbe_modules: Optional[Sequence[nn.Module]] = None):
+    """``deepspeed.initialize`` with GAPT: same arguments and return tuple
+    ``(engine, optimizer, training_dataloader, lr_scheduler)``.
+
+    The ``"gapt"`` block of the DeepSpeed config is validated before DeepSpeed starts (absent: the
+    defaults of ``GaptConfig``). MBE is measured on the outputs of ``mbe_modules`` if given, else on
+    the model's transformer blocks (``transformer.h`` for GPT-2) chosen by ``"layers"``.
+    """
+    if model is None:
+        raise ValueError("gapt_ds.initialize needs model=...")
+    source = _config_source(args, config, config_params)
+    cfg = GaptConfig.from_ds_config(source) if source is not None else None
+    blocks = list(mbe_modules) if mbe_modules is not None else find_blocks(model)
+    layer_ids = select_layers(len(blocks), cfg.layers) if cfg is not None else None
+    kwargs = dict(args=args, model=model, optimizer=optimizer, model_parameters=model_parameters,
+                  training_data=training_data, lr_scheduler=lr_scheduler, mpu=mpu,
+                  dist_init_required=dist_init_required, collate_fn=collate_fn, config=config,
+                  mesh_param=mesh_param, config_params=config_params)
+    if distributed_port is not None:
+        kwargs["distributed_port"] = distributed_port
+    engine, ds_optimizer, loader, scheduler = deepspeed.initialize(**kwargs)
+    if cfg is None:  # e.g. a config DeepSpeed found by itself: read the block from the parsed dict
+        cfg = GaptConfig.from_ds_config(engine._config._param_dict)
+        layer_ids = select_layers(len(blocks), cfg.layers)
+    engine.__class__ = _gapt_class(type(engine))
+    engine._gapt_setup(cfg, build_algorithm(cfg), [blocks[i] for i in layer_ids], layer_ids)
+    return engine, ds_optimizer, loader, scheduler

@@ -1,0 +1,121 @@
+"""Find a model's transformer blocks and measure MBE of their outputs with forward hooks.
+
+The model is never edited: ``MBECapture`` registers a forward hook per selected block that turns the
+block's output (B, S, D) into that layer's MBE right away, so no hidden state is kept beyond what
+autograd already holds. Hooks are active only inside ``capture()``, so activation-checkpointing
+recomputation in backward does not measure twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from gapt_ds import distributed, mbe
+
+# Where common Hugging Face causal LMs keep their list of blocks (GPT-2 first).
+BLOCK_PATHS = ("transformer.h", "model.layers", "gpt_neox.layers", "transformer.blocks", "model.decoder.layers")
+
+
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a HF causal LM (``transformer.h`` for GPT-2), in order."""
+    for path in BLOCK_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, (nn.ModuleList, nn.Sequential)) and len(obj) > 0:
+            return list(obj)
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__} (looked for {', '.join(BLOCK_PATHS)}); "
+        "pass mbe_modules=[...] to gapt_ds.initialize"
+    )
+
+
+def select_layers(num_blocks: int, layers: Union[str, Sequence[int]]) -> list[int]:
+    """Block indices for the config's ``layers``: inner (all but first and last) | all | explicit list."""
+    if layers == "all":
+        return list(range(num_blocks))
+    if layers == "inner":
+        if num_blocks < 3:
+            raise ValueError(f"layers='inner' needs at least 3 blocks, the model has {num_blocks}; use 'all' or a list")
+        return list(range(1, num_blocks - 1))
+    bad = [i for i in layers if not -num_blocks <= i < num_blocks]
+    if bad:
+        raise ValueError(f"layer indices {bad} out of range for a model with {num_blocks} blocks")
+    resolved = sorted(i % num_blocks for i in layers)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"layer list {list(layers)} names the same block twice")
+    return resolved
+
+
+@dataclass
+class LayerMBE:
+    """One layer's MBE for one micro-batch: ``value`` (for the loss; has a graph if weighted),
+    and ``local_sum`` / ``count`` (this rank's share of the step mean, detached)."""
+
+    value: torch.Tensor
+    local_sum: torch.Tensor
+    count: int
+
+
+@dataclass
+class MBECapture:
+    """Forward hooks on ``modules`` that compute MBE per the ``"gapt"`` settings."""
+
+    modules: list[nn.Module]
+    patch_size: int = 8
+    tail: str = "error"
+    mode: str = "patch"
+    group: Optional[object] = None
+    _weights: list[float] = field(default_factory=list)
+    _results: list[Optional[LayerMBE]] = field(default_factory=list)
+    _active: bool = False
+
+    def __post_init__(self) -> None:
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    @contextlib.contextmanager
+    def capture(self, weights: Sequence[float]) -> Iterator[list[Optional[LayerMBE]]]:
+        """Measure every selected layer during one forward; layers with weight 0 get no graph."""
+        assert len(weights) == len(self.modules), (len(weights), len(self.modules))
+        self._weights = list(weights)
+        self._results = [None] * len(self.modules)
+        self._active = True
+        try:
+            yield self._results
+        finally:
+            self._active = False
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args, output) -> None:
+            if not self._active:
+                return
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self._weights[index] != 0):
+                self._results[index] = self._measure(hidden)
+
+        return hook
+
+    def _measure(self, hidden: torch.Tensor) -> LayerMBE:
+        if hidden.dim() == 2:  # (B, D) features, e.g. an MLP's hidden layer: one "sequence" per batch
+            hidden = hidden.unsqueeze(0)
+        if self.mode == "patch":
+            per_window = mbe.patch_mbe_per_window(hidden, self.patch_size, self.tail)
+            value = per_window.mean()
+            return LayerMBE(value, value.detach() * per_window.numel(), per_window.numel())
+        g = distributed.global_gram(hidden, self.group)
+        value = mbe.mbe_from_gram(g)
+        if torch.is_grad_enabled():
+            # Exact gradient of the global MBE w.r.t. this shard, scaled by the data-parallel size
+            # because DeepSpeed averages gradients over ranks (spec §3).
+            sur = mbe.global_mbe_surrogate(hidden, g) * distributed.world_size(self.group)
+            value = value + (sur - sur.detach())
+        return LayerMBE(value, value.detach(), 1)

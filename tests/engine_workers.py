@@ -1,0 +1,170 @@
+"""Per-rank bodies of the multi-rank engine tests (run through tests/dist.py on real gloo ranks)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from gapt_ds.models import build_gpt2, gpt2_config
+
+VOCAB, SEQ, MICRO = 64, 16, 2
+FAST_GATE = {"patience_memorize": 2, "patience_compress": 2, "ce_delta": 0.05, "mbe_delta": 0.05}
+
+
+def tiny_model():
+    return build_gpt2(gpt2_config("tiny", vocab_size=VOCAB, seq_len=SEQ), seed=0)
+
+
+def ds_config(stage: int = 0, dtype: str = "fp32", gas: int = 1, gapt: Optional[dict] = None,
+              tb_dir: Optional[str] = None) -> dict:
+    cfg = {
+        "train_micro_batch_size_per_gpu": MICRO,
+        "gradient_accumulation_steps": gas,
+        "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "torch_adam": True}},
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
+        "steps_per_print": 10**9,
+        "gapt": gapt or {},
+    }
+    if dtype == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    if tb_dir:
+        cfg["tensorboard"] = {"enabled": True, "output_path": tb_dir, "job_name": "run"}
+    return cfg
+
+
+def make_engine(cfg: dict, model=None):
+    import gapt_ds
+
+    model = model or tiny_model()
+    engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=copy.deepcopy(cfg))
+    return engine
+
+
+def tokens(seed: int, rows: int = MICRO) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (rows, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def train_step(engine, step: int, rank: int, gas: int = 1) -> list[float]:
+    """One optimizer step over ``gas`` micro-batches, data a function of (step, micro, rank) only."""
+    losses = []
+    for micro in range(gas):
+        x = tokens(1000 * step + 10 * micro + rank)
+        out = engine(input_ids=x, labels=x)
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.loss.item())
+    return losses
+
+
+def full_grads(engine) -> dict[str, torch.Tensor]:
+    from deepspeed.utils import safe_get_full_grad
+
+    if engine.zero_optimization_stage() == 0:
+        return {n: p.grad.detach().clone().float() for n, p in engine.module.named_parameters()}
+    return {n: safe_get_full_grad(p).detach().clone().float() for n, p in engine.module.named_parameters()}
+
+
+def full_params(engine) -> dict[str, torch.Tensor]:
+    import deepspeed
+
+    params = dict(engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=engine.zero_optimization_stage() == 3):
+        return {n: p.detach().clone().float() for n, p in params.items()}
+
+
+# -- workers -----------------------------------------------------------------------------------------
+def sharded_mbe_worker(rank: int, cases: list[tuple[int, str]], batch_seed: int) -> list[dict]:
+    """Each rank trains on its half of one global batch; returns all-reduced MBE and full gradients."""
+    results = []
+    x = tokens(batch_seed, rows=2 * MICRO)[rank * MICRO : (rank + 1) * MICRO]
+    for stage, mode in cases:
+        engine = make_engine(ds_config(stage, gapt={"phase": "compress", "mbe_mode": mode, "mbe_weight": 2.0}))
+        out = engine(input_ids=x, labels=x)
+        engine.backward(out.loss)
+        grads = full_grads(engine)
+        engine.step()
+        results.append({"stage": stage, "mode": mode, "mbe": engine.last_step.mbe, "ce": engine.last_step.ce,
+                        "grads": grads})
+    return results
+
+
+def phases_worker(rank: int, steps: int, gas: int, tb_dir: Optional[str] = None) -> dict:
+    """Ranks see different data; returns the per-step phase sequence and statistics this rank saw."""
+    engine = make_engine(ds_config(0, gas=gas, gapt={"gate": FAST_GATE, "mbe_weight": 0.5}, tb_dir=tb_dir))
+    record = {"phase_used": [], "next_phase": [], "ce": [], "mbe": [], "local_ce": [], "micro_phases": []}
+    for step in range(steps):
+        for micro in range(gas):
+            x = tokens(1000 * step + 10 * micro + rank)
+            out = engine(input_ids=x, labels=x)
+            record["micro_phases"].append(engine.last_micro.phase)
+            record["local_ce"].append(engine.last_micro.ce.item())
+            engine.backward(out.loss)
+            engine.step()
+        s = engine.last_step
+        assert s.step == step + 1, (s.step, step)
+        for key, value in (("phase_used", s.phase), ("next_phase", s.next_phase), ("ce", s.ce), ("mbe", s.mbe)):
+            record[key].append(value)
+    record["gate"] = engine.gate.state_dict()
+    record["global_steps"] = engine.global_steps
+    return record
+
+
+def stages_worker(rank: int, steps: int) -> dict:
+    """The same GAPT run under ZeRO 0-3 in fp32 and bf16: per-step local losses of each."""
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        for stage in (0, 1, 2, 3):
+            engine = make_engine(ds_config(stage, dtype, gapt={"gate": FAST_GATE}))
+            losses = [train_step(engine, s, rank)[0] for s in range(steps)]
+            out[(stage, dtype)] = {"losses": losses, "phases": [engine.last_step.phase], "gate": engine.gate.state_dict()}
+    return out
+
+
+def resume_worker(rank: int, stage: int, ckpt_dir: str, save_at: int, total: int, resume: bool) -> dict:
+    """Uninterrupted run that saves at ``save_at`` (resume=False), or a fresh engine that loads it."""
+    engine = make_engine(ds_config(stage, gapt={"gate": FAST_GATE}))
+    losses, state_at_save = {}, None
+    if resume:
+        path, client_state = engine.load_checkpoint(ckpt_dir, tag=f"step{save_at}")
+        assert path is not None
+        state_at_save = engine.gapt_state_dict()
+        start = save_at
+    else:
+        start = 0
+    for step in range(start, total):
+        if not resume and step == save_at:
+            engine.save_checkpoint(ckpt_dir, tag=f"step{save_at}", client_state={"user": 7})
+            state_at_save = engine.gapt_state_dict()
+        losses[step] = train_step(engine, step, rank)[0]
+    return {"losses": losses, "state_at_save": state_at_save, "final_state": engine.gapt_state_dict(),
+            "client_state": client_state if resume else None}
+
+
+def skip_worker(rank: int, cases: list[tuple[int, str]], bad_step: int) -> list[dict]:
+    """Rank 1 produces NaN logits on one step: every rank must skip that optimizer step identically."""
+    results = []
+    for stage, dtype in cases:
+        engine = make_engine(ds_config(stage, dtype, gapt={"phase": "compress"}))
+        poison = {"on": False}
+
+        def nan_logits(module, args, output):
+            return output * float("nan") if poison["on"] else output
+
+        engine.module.lm_head.register_forward_hook(nan_logits)
+        record = {"stage": stage, "dtype": dtype, "losses": []}
+        for step in range(bad_step + 2):
+            poison["on"] = step == bad_step and rank == 1
+            before = full_params(engine) if step == bad_step else None
+            record["losses"].append(train_step(engine, step, rank)[0])
+            if before is not None:
+                after = full_params(engine)
+                record["unchanged"] = all(torch.equal(before[n], after[n]) for n in before)
+                record["skipped_flag"] = engine.last_step.skipped
+        record["gapt_skipped"] = engine.gapt_skipped_steps
+        record["ds_skipped"] = engine.skipped_steps
+        record["global_steps"] = engine.global_steps
+        record["finite_after"] = all(torch.isfinite(p).all().item() for p in full_params(engine).values())
+        results.append(record)
+    return results
