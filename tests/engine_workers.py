@@ -18,7 +18,7 @@ def tiny_model():
 
 
 def ds_config(stage: int = 0, dtype: str = "fp32", gas: int = 1, gapt: Optional[dict] = None,
-              tb_dir: Optional[str] = None) -> dict:
+              tb_dir: Optional[str] = None, offload: bool = False) -> dict:
     cfg = {
         "train_micro_batch_size_per_gpu": MICRO,
         "gradient_accumulation_steps": gas,
@@ -29,6 +29,10 @@ def ds_config(stage: int = 0, dtype: str = "fp32", gas: int = 1, gapt: Optional[
     }
     if dtype == "bf16":
         cfg["bf16"] = {"enabled": True}
+    if offload:  # optimizer states (and, under ZeRO-3, parameters) in CPU memory
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+        if stage == 3:
+            cfg["zero_optimization"]["offload_param"] = {"device": "cpu"}
     if tb_dir:
         cfg["tensorboard"] = {"enabled": True, "output_path": tb_dir, "job_name": "run"}
     return cfg
@@ -111,14 +115,13 @@ def phases_worker(rank: int, steps: int, gas: int, tb_dir: Optional[str] = None)
     return record
 
 
-def stages_worker(rank: int, steps: int) -> dict:
-    """The same GAPT run under ZeRO 0-3 in fp32 and bf16: per-step local losses of each."""
+def stages_worker(rank: int, steps: int, cases: list[tuple[int, str, bool]]) -> dict:
+    """The same GAPT run under each (ZeRO stage, dtype, offload): per-step local losses and gate state."""
     out = {}
-    for dtype in ("fp32", "bf16"):
-        for stage in (0, 1, 2, 3):
-            engine = make_engine(ds_config(stage, dtype, gapt={"gate": FAST_GATE}))
-            losses = [train_step(engine, s, rank)[0] for s in range(steps)]
-            out[(stage, dtype)] = {"losses": losses, "phases": [engine.last_step.phase], "gate": engine.gate.state_dict()}
+    for stage, dtype, offload in cases:
+        engine = make_engine(ds_config(stage, dtype, gapt={"gate": FAST_GATE}, offload=offload))
+        losses = [train_step(engine, s, rank)[0] for s in range(steps)]
+        out[(stage, dtype, offload)] = {"losses": losses, "gate": engine.gate.state_dict()}
     return out
 
 
@@ -168,3 +171,34 @@ def skip_worker(rank: int, cases: list[tuple[int, str]], bad_step: int) -> list[
         record["finite_after"] = all(torch.isfinite(p).all().item() for p in full_params(engine).values())
         results.append(record)
     return results
+
+
+class TwoLayerMLP(torch.nn.Module):
+    """Not a transformer: MBE is measured on ``hidden`` (passed explicitly); forward returns an L1 loss."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.hidden, self.out = torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 10)
+
+    def forward(self, x, y):
+        return (self.out(self.hidden(self.inp(x))) - y).abs().mean()
+
+
+def mlp_worker(rank: int, steps: int) -> dict:
+    import gapt_ds
+
+    model = TwoLayerMLP()
+    cfg = ds_config(2, gapt={"mbe_mode": "global", "layers": "all", "phase": "compress"})
+    cfg["train_micro_batch_size_per_gpu"] = 16
+    engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=cfg,
+                                    mbe_modules=[model.hidden])
+    g = torch.Generator().manual_seed(rank)
+    mbe = []
+    for _ in range(steps):
+        x = torch.randn(16, 10, generator=g)
+        loss = engine(x, torch.zeros(16, 10))
+        engine.backward(loss)
+        engine.step()
+        mbe.append(engine.last_step.mbe[0])
+    return {"mbe": mbe, "layers": engine.mbe_layer_ids}

@@ -1,0 +1,102 @@
+"""Step-time overhead of GAPT (compression phase, patch MBE) over a plain DeepSpeed CE-only step.
+
+Both engines hold identical GPT-2 copies and the same DeepSpeed config; their steps are interleaved
+(A, B, A, B, ...) in one process so that machine noise hits both alike. Prints the medians and
+the ratio GAPT / plain. Targets (issue 3): <= 1.02 at the small CPU shape, <= 1.01 at 124M widths.
+
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python bench/step_overhead.py                 # L=6 D=384 S=256 B=8
+    .venv/bin/python bench/step_overhead.py --layers 12 --dim 768 --heads 12 --seq 1024 --batch 8 --dtype bf16   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per engine")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--stage", type=int, default=0, choices=[0, 1, 2, 3])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--mbe-mode", default="patch", choices=["patch", "global"])
+    p.add_argument("--aa", action="store_true", help="A/A control: time two plain engines (noise floor)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533").items():
+        os.environ.setdefault(key, value)
+    import deepspeed
+
+    import gapt_ds
+    from gapt_ds.distributed import skip_cpu_shm_build
+    from gapt_ds.models import build_gpt2, gpt2_config
+
+    skip_cpu_shm_build()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = gpt2_config(vocab_size=args.vocab, seq_len=args.seq, n_layer=args.layers, n_embd=args.dim, n_head=args.heads)
+    ds = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
+          "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+          "zero_optimization": {"stage": args.stage}, "steps_per_print": 10**9}
+    if args.dtype == "bf16":
+        ds["bf16"] = {"enabled": True}
+    model = build_gpt2(cfg)
+    plain, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=copy.deepcopy(ds))
+    model2 = copy.deepcopy(model)
+    gapt_cfg = dict(ds, gapt={"phase": "compress", "mbe_mode": args.mbe_mode})
+    if args.aa:
+        gapt, *_ = deepspeed.initialize(model=model2, model_parameters=model2.parameters(), config=copy.deepcopy(ds))
+    else:
+        gapt, *_ = gapt_ds.initialize(model=model2, model_parameters=model2.parameters(), config=gapt_cfg)
+
+    x = torch.randint(0, args.vocab, (args.batch, args.seq), device=plain.device)
+
+    def step(engine) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times = {"plain": [], "gapt": []}
+    for i in range(args.warmup + args.steps):
+        order = [("plain", plain), ("gapt", gapt)] if i % 2 == 0 else [("gapt", gapt), ("plain", plain)]
+        for name, engine in order:
+            t = step(engine)
+            if i >= args.warmup:
+                times[name].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    if args.aa:
+        print(f"A/A control, two plain engines: {med['plain'] * 1e3:.1f} ms vs {med['gapt'] * 1e3:.1f} ms, "
+              f"ratio {med['gapt'] / med['plain']:.4f}")
+        return
+    n_mbe = len(gapt.mbe_layer_ids)
+    print(f"shape L={args.layers} D={args.dim} S={args.seq} B={args.batch} {args.dtype} ZeRO-{args.stage} "
+          f"on {device.type} ({torch.get_num_threads()} threads); GAPT compress phase, {args.mbe_mode} MBE "
+          f"P={gapt.gapt_config.patch_size} on {n_mbe} layers; {args.steps} interleaved steps each")
+    print(f"median step: plain DeepSpeed {med['plain'] * 1e3:.1f} ms, GAPT {med['gapt'] * 1e3:.1f} ms")
+    print(f"ratio GAPT/plain = {med['gapt'] / med['plain']:.4f}")
+    print(f"last GAPT step: {gapt.last_step}; DeepSpeed skipped steps: {gapt.skipped_steps}")
+    assert gapt.phase == 2 and gapt.last_step is not None
+
+
+if __name__ == "__main__":
+    main()
