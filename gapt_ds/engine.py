@@ -39,7 +39,8 @@ TB_PREFIX = "gapt/"
 
 @dataclass
 class MicroBatchStats:
-    """One micro-batch on this rank (detached tensors; no host sync)."""
+    """One micro-batch on this rank (detached tensors; no host sync). In evaluation ``mbe`` is empty
+    when the sequences are shorter than one window."""
 
     ce: torch.Tensor
     mbe: list[torch.Tensor]
@@ -100,12 +101,12 @@ class GAPTEngine:
         """Model forward; the output's loss becomes the algorithm's loss (CE + Σ w_l·MBE_l)."""
         training = self.module.training and torch.is_grad_enabled()
         weights = self.algorithm.layer_weights(len(self.mbe_layer_ids)) if training else [0.0] * len(self.mbe_layer_ids)
-        with self._mbe.capture(weights) as layers:
+        with self._mbe.capture(weights, strict=training) as layers:
             out = super().forward(*inputs, **kwargs)
         missing = [self.mbe_layer_ids[i] for i, r in enumerate(layers) if r is None]
-        assert not missing, f"forward did not run blocks {missing}: their hooks saw no output"
+        assert not (training and missing), f"forward did not run blocks {missing}: their hooks saw no output"
         ce = _task_loss(out)
-        mbe = [r.value for r in layers]
+        mbe = [r.value for r in layers if r is not None]
         loss = self.algorithm.loss(ce, mbe, weights) if training else ce
         self.last_micro = MicroBatchStats(ce.detach(), [m.detach() for m in mbe], loss.detach(), self.phase)
         if training:

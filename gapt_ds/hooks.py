@@ -74,6 +74,7 @@ class MBECapture:
     _weights: list[float] = field(default_factory=list)
     _results: list[Optional[LayerMBE]] = field(default_factory=list)
     _active: bool = False
+    _strict: bool = True
 
     def __post_init__(self) -> None:
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
@@ -83,12 +84,16 @@ class MBECapture:
             h.remove()
 
     @contextlib.contextmanager
-    def capture(self, weights: Sequence[float]) -> Iterator[list[Optional[LayerMBE]]]:
-        """Measure every selected layer during one forward; layers with weight 0 get no graph."""
+    def capture(self, weights: Sequence[float], strict: bool = True) -> Iterator[list[Optional[LayerMBE]]]:
+        """Measure every selected layer during one forward; layers with weight 0 get no graph.
+
+        ``strict=False`` (evaluation) drops a sequence tail that does not fill a window and leaves a
+        layer's result ``None`` where no window fits, instead of raising.
+        """
         assert len(weights) == len(self.modules), (len(weights), len(self.modules))
         self._weights = list(weights)
         self._results = [None] * len(self.modules)
-        self._active = True
+        self._active, self._strict = True, strict
         try:
             yield self._results
         finally:
@@ -100,15 +105,18 @@ class MBECapture:
                 return
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             with torch.set_grad_enabled(torch.is_grad_enabled() and self._weights[index] != 0):
-                self._results[index] = self._measure(hidden)
+                if self._strict:
+                    self._results[index] = self._measure(hidden, self.tail)
+                elif hidden.shape[-2] >= self.patch_size or self.mode == "global":
+                    self._results[index] = self._measure(hidden, "drop")
 
         return hook
 
-    def _measure(self, hidden: torch.Tensor) -> LayerMBE:
+    def _measure(self, hidden: torch.Tensor, tail: str) -> LayerMBE:
         if hidden.dim() == 2:  # (B, D) features, e.g. an MLP's hidden layer: one "sequence" per batch
             hidden = hidden.unsqueeze(0)
         if self.mode == "patch":
-            per_window = mbe.patch_mbe_per_window(hidden, self.patch_size, self.tail)
+            per_window = mbe.patch_mbe_per_window(hidden, self.patch_size, tail)
             value = per_window.mean()
             return LayerMBE(value, value.detach() * per_window.numel(), per_window.numel())
         g = distributed.global_gram(hidden, self.group)

@@ -1,0 +1,75 @@
+"""Training-run checkpoints: DeepSpeed's own (model, optimizer, scheduler, gate via GAPTEngine) plus the
+run state that makes a resume exact: data position, per-rank RNG, and the settings that must not change.
+
+Only DeepSpeed's writer ranks store ``client_state``, so per-rank RNG states are all-gathered first and
+each rank picks its own on load.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+RUN_KEY = "gapt_run"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def all_rng_states() -> list[dict]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [rng_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def save(engine, ckpt_dir: Path, step: int, micro_batches: int, fingerprint: dict) -> None:
+    """Collective: every rank calls it. Tag ``step{N}``; DeepSpeed's ``latest`` file points at it."""
+    run = {"step": step, "micro_batches": micro_batches, "rng": all_rng_states(), "fingerprint": fingerprint}
+    engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={RUN_KEY: run})
+
+
+def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
+    """Restore the latest checkpoint under ``ckpt_dir``; returns the run state. Clear errors for a missing,
+    truncated or mismatched checkpoint."""
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise ValueError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file)")
+    tag = latest.read_text().strip()
+    if not (ckpt_dir / tag).is_dir():
+        raise ValueError(f"--resume: {latest} names {tag!r}, but {ckpt_dir / tag} does not exist")
+    try:
+        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    except ValueError:
+        raise
+    except Exception as err:  # torch.load / state_dict errors: corrupt files or another model shape
+        raise ValueError(f"--resume: cannot load checkpoint {ckpt_dir / tag}: it is truncated, corrupt or from a "
+                         f"different model/ZeRO setting ({type(err).__name__}: {str(err)[:300]})") from None
+    if path is None or not client_state or RUN_KEY not in client_state:
+        raise ValueError(f"--resume: {ckpt_dir / tag} is not a gapt-ds training checkpoint (no run state)")
+    run = client_state[RUN_KEY]
+    changed = {k: (run["fingerprint"].get(k), v) for k, v in fingerprint.items() if run["fingerprint"].get(k) != v}
+    if changed:
+        lines = "\n".join(f"  {k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"--resume: {ckpt_dir / tag} was written by a run with other settings:\n{lines}")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    set_rng_state(run["rng"][rank])
+    return run

@@ -1,0 +1,52 @@
+"""``gapt-ds`` command line: ``train`` (see gapt_ds.train) and ``tokenizer``.
+
+    gapt-ds train --deepspeed_config ds_configs/cpu_default.json --data arithmetic --steps 300
+    gapt-ds tokenizer --data 'corpus/*.txt' --vocab-size 8000 --out runs/tok/spm
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+
+def tokenizer_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="gapt-ds tokenizer", description="Train a SentencePiece tokenizer on local text.")
+    p.add_argument("--data", required=True, help="local glob of .txt/.jsonl/.parquet files (or hf:NAME[:CONFIG])")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
+    args = p.parse_args(argv)
+    from gapt_ds.data.sources import iter_texts
+    from gapt_ds.data.tokenizers import train_sentencepiece
+
+    path = train_sentencepiece(iter_texts(args.data), args.out, args.vocab_size, args.model_type)
+    print(path)
+    return 0
+
+
+COMMANDS = {"train": "pretrain a GPT-2 with GAPT under DeepSpeed", "tokenizer": "train a SentencePiece tokenizer"}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        usage = "usage: gapt-ds {" + ",".join(COMMANDS) + "} ...\n" + "\n".join(f"  {k:10} {v}" for k, v in COMMANDS.items())
+        print(usage, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            from gapt_ds.train import main as train_main
+
+            train_main(rest)
+            return 0
+        return tokenizer_main(rest)
+    except ValueError as err:
+        print(f"gapt-ds {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

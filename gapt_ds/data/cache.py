@@ -1,0 +1,93 @@
+"""Pre-tokenize a source once into a binary token cache that every rank memory-maps.
+
+Layout: ``CACHE_DIR/<key>/{train.bin, val.bin, meta.json}``; the key hashes the source, the tokenizer
+fingerprint and the limits, so a changed input never reuses a stale cache. Documents are joined with
+the tokenizer's EOS token. Every ``val_every``-th document goes to the validation split. Rank 0
+writes (atomically, via a temporary directory), the other ranks wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from gapt_ds.data.sources import iter_texts, source_fingerprint
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    path: Path
+    meta: dict
+
+    def split(self, name: str) -> np.ndarray:
+        """The ``train`` or ``val`` tokens as a read-only memmap."""
+        return np.memmap(self.path / f"{name}.bin", dtype=self.meta["dtype"], mode="r")
+
+
+def _dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int, seed: int) -> str:
+    parts = [source_fingerprint(source), tokenizer.fingerprint(), str(max_tokens), str(val_every), str(seed)]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
+                seed: int = 0, show_progress: bool = True) -> TokenCache:
+    """Tokenize ``source`` into the cache (or reuse it); call on one rank only."""
+    root = Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
+    if (root / "meta.json").is_file():
+        return open_cache(root)
+    dtype = _dtype(tokenizer.vocab_size)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
+    counts = {"train": 0, "val": 0}
+    docs = 0
+    try:
+        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+            bar = tqdm(desc=f"tokenizing {source}", unit=" tok", unit_scale=True, disable=not show_progress)
+            for i, text in enumerate(iter_texts(source, seed=seed)):
+                ids = tokenizer.encode(text)
+                ids.append(tokenizer.eos_id)
+                split = "val" if val_every and i % val_every == val_every - 1 else "train"
+                (val if split == "val" else train).write(np.asarray(ids, dtype=dtype).tobytes())
+                counts[split] += len(ids)
+                docs += 1
+                bar.update(len(ids))
+                if max_tokens and counts["train"] >= max_tokens:
+                    break
+            bar.close()
+        if counts["train"] == 0:
+            raise ValueError(f"--data {source!r} produced no tokens (empty documents?)")
+        meta = {"source": source, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
+                "eos_id": tokenizer.eos_id, "dtype": dtype, "documents": docs, "tokens": counts}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, root) if not root.exists() else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_cache(root)
+
+
+def open_cache(root: Path) -> TokenCache:
+    meta_file = root / "meta.json"
+    if not meta_file.is_file():
+        raise ValueError(f"token cache {root} is incomplete (no meta.json); delete it and rebuild")
+    meta = json.loads(meta_file.read_text())
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, n in meta["tokens"].items():
+        size = (root / f"{split}.bin").stat().st_size
+        if size != n * itemsize:
+            raise ValueError(f"token cache {root / (split + '.bin')} has {size} bytes, expected {n * itemsize}: "
+                             "truncated; delete the directory to rebuild it")
+    return TokenCache(root, meta)
