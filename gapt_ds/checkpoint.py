@@ -18,6 +18,12 @@ import torch.distributed as dist
 RUN_KEY = "gapt_run"
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -56,6 +62,7 @@ def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
     tag = latest.read_text().strip()
     if not (ckpt_dir / tag).is_dir():
         raise ValueError(f"--resume: {latest} names {tag!r}, but {ckpt_dir / tag} does not exist")
+    check_fingerprint(peek_run_state(ckpt_dir / tag)["fingerprint"], fingerprint, ckpt_dir / tag)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except ValueError:
@@ -66,10 +73,28 @@ def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
     if path is None or not client_state or RUN_KEY not in client_state:
         raise ValueError(f"--resume: {ckpt_dir / tag} is not a gapt-ds training checkpoint (no run state)")
     run = client_state[RUN_KEY]
-    changed = {k: (run["fingerprint"].get(k), v) for k, v in fingerprint.items() if run["fingerprint"].get(k) != v}
-    if changed:
-        lines = "\n".join(f"  {k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"--resume: {ckpt_dir / tag} was written by a run with other settings:\n{lines}")
     rank = dist.get_rank() if dist.is_initialized() else 0
     set_rng_state(run["rng"][rank])
     return run
+
+
+def peek_run_state(tag_dir: Path) -> dict:
+    """The run state stored with rank 0's model states, read (memory-mapped) before DeepSpeed loads anything."""
+    files = sorted(tag_dir.glob("mp_rank_00_model_states.pt")) or sorted(tag_dir.glob("*model_states.pt"))
+    if not files:
+        raise ValueError(f"--resume: {tag_dir} has no model states file: an incomplete checkpoint")
+    try:
+        state = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        raise ValueError(f"--resume: cannot read {files[0]}: it is truncated or corrupt "
+                         f"({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(state, dict) or RUN_KEY not in state:
+        raise ValueError(f"--resume: {tag_dir} is not a gapt-ds training checkpoint (no run state)")
+    return state[RUN_KEY]
+
+
+def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+        lines = "\n".join(f"  {k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"--resume: {where} was written by a run with other settings:\n{lines}")

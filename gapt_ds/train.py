@@ -180,6 +180,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     fingerprint = {"data": cache.meta["source"], "tokenizer": cache.meta["tokenizer"], "seq_len": args.seq_len,
                    "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,
                    "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
+    checkpoint.seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
     ckpt_dir = run_dir / "checkpoints"
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
     step, micro_batches = 0, 0
@@ -224,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if bar is not None:
         bar.close()
     if rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps({"step": step, **summary}, indent=2))
+        (run_dir / "summary.json").write_text(json.dumps({"step": step, "world_size": world, **summary}, indent=2))
     return summary
 
 

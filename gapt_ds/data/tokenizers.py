@@ -84,7 +84,7 @@ class GPT2BPETokenizer:
         if missing:
             raise ValueError(f"GPT-2 BPE directory {d} lacks {', '.join(missing)}")
         self.dir = d
-        self.tok = GPT2TokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
+        self.tok = GPT2TokenizerFast.from_pretrained(str(d), local_files_only=True)
         self.vocab_size = len(self.tok)
         vocab = self.tok.get_vocab()
         if "<|endoftext|>" not in vocab:
