@@ -51,16 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="tiny", help=f"preset: {', '.join(PRESETS)}")
     m.add_argument("--model-config", default=None, help="GPT2Config JSON file (overrides --model)")
     m.add_argument("--init-from", default=None, help="local Hugging Face GPT-2 directory to start from")
-    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--dropout", type=float, default=0.0, help="dropout of embeddings, attention and residuals")
     t = p.add_argument_group("run")
-    t.add_argument("--run-dir", default="runs/default")
+    t.add_argument("--run-dir", default="runs/default", help="where logs, metrics and checkpoints go")
     t.add_argument("--steps", type=int, default=300, help="optimizer steps in total")
     t.add_argument("--eval-every", type=int, default=50, help="validation period in steps (0: only at the end)")
     t.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per rank")
     t.add_argument("--arith-eval", type=int, default=256, help="arithmetic ID/OOD problems per evaluation (0: off)")
     t.add_argument("--save-every", type=int, default=100, help="checkpoint period in steps (0: only at the end)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="model init, data order and per-rank RNG")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -173,6 +173,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"tokenizer/vocab mismatch: the tokenizer has {tokenizer.vocab_size} tokens, "
                          f"the model's vocabulary only {model.config.vocab_size}")
+    if model.config.n_positions < args.seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context n_positions={model.config.n_positions}")
     engine, _, _, _ = gapt_ds.initialize(model=model, model_parameters=param_groups(model), config=ds_cfg)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)

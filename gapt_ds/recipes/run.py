@@ -1,0 +1,107 @@
+"""``gapt-ds recipe NAME``: the paper's experiments, baseline (``ce``) vs GAPT, same seeds and budget.
+
+    gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic          # §6.2, CPU scale, 2 ranks
+    gapt-ds recipe forgetting --seeds 0,1,2 --out runs/forgetting          # §6.3
+    gapt-ds recipe text-cpu --seeds 0,1,2 --out runs/text -- --data 'corpus/*.txt' --tokenizer tok/spm.model
+    gapt-ds recipe fineweb --ranks 8 --out runs/fineweb -- --tokenizer /data/gpt2_bpe     # §6.1, GPU node
+
+Each (arm, seed) gets ``OUT/<arm>-s<seed>/``; at the end ``gapt-ds report`` writes ``OUT/report/``.
+Arguments after ``--`` go to every run (they override the recipe's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+
+# recipe -> (DeepSpeed config, default `gapt-ds train` arguments); "forgetting" runs its own script
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "arithmetic": ("recipes/arithmetic.json",
+                   ["--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64",
+                    "--steps", "1500", "--eval-every", "250", "--save-every", "0", "--arith-eval", "512"]),
+    "text-cpu": ("cpu_default.json", ["--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every", "100",
+                                      "--save-every", "0", "--arith-eval", "0"]),
+    "fineweb": ("single_node_zero1_bf16.json",
+                ["--data", "hf:HuggingFaceFW/fineweb:sample-10BT", "--max-tokens", "800000000", "--model", "124m",
+                 "--seq-len", "1024", "--steps", "1750", "--eval-every", "250", "--save-every", "500",
+                 "--arith-eval", "0"]),
+    "forgetting": ("", []),
+}
+ARMS = ("ce", "gapt")
+
+
+def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="gapt-ds recipe", description=__doc__.split("\n")[0])
+    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated algorithms")
+    p.add_argument("--out", required=True, help="directory for the runs and the report")
+    p.add_argument("--ranks", type=int, default=2, help="ranks per run (GPUs, or CPU processes)")
+    p.add_argument("--config", default=None, help="DeepSpeed JSON instead of the recipe's")
+    args = p.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    args.arms = args.arms.split(",")
+    return args, extra
+
+
+def _launcher(ranks: int) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    if not _has_gpu():
+        env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--module"], env
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_recipe(argv: Optional[list[str]] = None) -> Path:
+    args, extra = parse_args(argv)
+    from gapt_ds.config import GaptConfig, load_json
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dirs = []
+    for arm in args.arms:
+        for seed in args.seeds:
+            run_dir = out / f"{arm}-s{seed}"
+            run_dirs.append(str(run_dir))
+            if args.name == "forgetting":
+                cmd = [sys.executable, "-m", "gapt_ds.recipes.forgetting", "--arm", arm, "--seed", str(seed),
+                       "--run-dir", str(run_dir), *extra]
+                env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR") or ("" if _has_gpu() else "cpu"))
+            else:
+                config_file, defaults = RECIPES[args.name]
+                cfg = load_json(args.config or ROOT_CONFIGS / config_file)
+                cfg.setdefault("gapt", {})["algorithm"] = arm
+                GaptConfig.from_ds_config(cfg, source=f"{args.name} recipe, arm {arm}")
+                config = out / f"{arm}.json"
+                config.write_text(json.dumps(cfg, indent=2))
+                launcher, env = _launcher(args.ranks)
+                cmd = [*launcher, "gapt_ds.train", "--deepspeed_config", str(config), *defaults, "--seed", str(seed),
+                       "--run-dir", str(run_dir), "--no-progress", *extra]
+            print(f"[recipe {args.name}] {arm} seed {seed} -> {run_dir}", flush=True)
+            subprocess.run(cmd, check=True, env={k: v for k, v in env.items() if v != ""})
+            args_file = run_dir / "args.json"
+            recorded = json.loads(args_file.read_text())
+            args_file.write_text(json.dumps({**recorded, "recipe": args.name}, indent=2))
+    from gapt_ds.report import main as report
+
+    md = report([*run_dirs, "--out", str(out / "report")])
+    print(f"[recipe {args.name}] report: {md}")
+    return md
