@@ -1,7 +1,9 @@
-"""``gapt-ds`` command line: ``train`` (see gapt_ds.train) and ``tokenizer``.
+"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``report``.
 
     gapt-ds train --deepspeed_config ds_configs/cpu_default.json --data arithmetic --steps 300
     gapt-ds tokenizer --data 'corpus/*.txt' --vocab-size 8000 --out runs/tok/spm
+    gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic
+    gapt-ds report runs/arithmetic/*-s* --out runs/arithmetic/report
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ def tokenizer_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": "pretrain a GPT-2 with GAPT under DeepSpeed", "tokenizer": "train a SentencePiece tokenizer"}
+COMMANDS = {
+    "train": "pretrain a GPT-2 with GAPT under DeepSpeed",
+    "tokenizer": "train a SentencePiece tokenizer",
+    "recipe": "run a paper experiment: baseline vs GAPT over seeds, then report",
+    "report": "plots and a comparison table from run directories",
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -41,8 +48,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             from gapt_ds.train import main as train_main
 
             train_main(rest)
-            return 0
-        return tokenizer_main(rest)
+        elif command == "recipe":
+            from gapt_ds.recipes.run import run_recipe
+
+            run_recipe(rest)
+        elif command == "report":
+            from gapt_ds.report import main as report_main
+
+            print(report_main(rest))
+        else:
+            return tokenizer_main(rest)
+        return 0
     except ValueError as err:
         print(f"gapt-ds {command}: error: {err}", file=sys.stderr)
         return 2

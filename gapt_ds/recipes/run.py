@@ -25,7 +25,7 @@ ROOT_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "arithmetic": ("recipes/arithmetic.json",
                    ["--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64",
-                    "--steps", "1500", "--eval-every", "250", "--save-every", "0", "--arith-eval", "512"]),
+                    "--steps", "1000", "--eval-every", "200", "--save-every", "0", "--arith-eval", "512"]),
     "text-cpu": ("cpu_default.json", ["--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every", "100",
                                       "--save-every", "0", "--arith-eval", "0"]),
     "fineweb": ("single_node_zero1_bf16.json",
