@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,11 @@ def _launcher(ranks: int) -> tuple[list[str], dict]:
     env = dict(os.environ)
     if not _has_gpu():
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--module"], env
+    with socket.socket() as sock:  # a free rendezvous port per run: concurrent recipes must not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(port),
+            "--module"], env
 
 
 def _has_gpu() -> bool:
