@@ -58,15 +58,18 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     return args, extra
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:  # a free rendezvous port per run: concurrent recipes must not collide
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launcher(ranks: int) -> tuple[list[str], dict]:
     env = dict(os.environ)
     if not _has_gpu():
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    with socket.socket() as sock:  # a free rendezvous port per run: concurrent recipes must not collide
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(port),
-            "--module"], env
+    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+            str(_free_port()), "--module"], env
 
 
 def _has_gpu() -> bool:
@@ -89,7 +92,8 @@ def run_recipe(argv: Optional[list[str]] = None) -> Path:
             if args.name == "forgetting":
                 cmd = [sys.executable, "-m", "gapt_ds.recipes.forgetting", "--arm", arm, "--seed", str(seed),
                        "--run-dir", str(run_dir), *extra]
-                env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR") or ("" if _has_gpu() else "cpu"))
+                env = dict(os.environ, MASTER_PORT=str(_free_port()),
+                           DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR") or ("" if _has_gpu() else "cpu"))
             else:
                 config_file, defaults = RECIPES[args.name]
                 cfg = load_json(args.config or ROOT_CONFIGS / config_file)
