@@ -155,8 +155,8 @@ class GAPTEngine:
     def _reduce_step_stats(self) -> tuple[float, list[float]]:
         """One SUM all-reduce over data-parallel ranks of [Σce, Σmbe_l, #micro, #windows, #windows²]."""
         counts = torch.tensor([self._acc_micro, self._acc_windows, self._acc_windows**2],
-                              dtype=self._acc.dtype, device=self._acc.device)
-        packed = distributed.all_reduce_sum(torch.cat([self._acc, counts]), self._dp_group).tolist()
+                              dtype=torch.float64, device=self._acc.device)  # float64: exact counts
+        packed = distributed.all_reduce_sum(torch.cat([self._acc.double(), counts]), self._dp_group).tolist()
         n_layers = len(self.mbe_layer_ids)
         ce_sum, mbe_sums = packed[0], packed[1 : 1 + n_layers]
         micro, windows, windows_sq = packed[1 + n_layers :]
