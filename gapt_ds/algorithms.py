@@ -107,6 +107,34 @@ class GatedPhaseTransition(Algorithm):
         self.phase = self.pinned or self.gate.phase
 
 
+@register_algorithm("gapt_round_robin")
+class RoundRobinGAPT(GatedPhaseTransition):
+    """GAPT whose compression loss is CE + w·MBE of a single selected layer, the next one at every
+    optimizer step (the reference code's round-robin variant, spec §4). The gate still sees every layer."""
+
+    def __init__(self, cfg: "GaptConfig") -> None:
+        super().__init__(cfg)
+        self.turn = 0
+
+    def layer_weights(self, num_layers: int) -> list[float]:
+        weights = [0.0] * num_layers
+        if self.phase == COMPRESS:
+            weights[self.turn % num_layers] = self.cfg.mbe_weight
+        return weights
+
+    def on_step(self, ce: float, mbe: list[float]) -> dict[str, float]:
+        logs = super().on_step(ce, mbe)
+        self.turn += 1
+        return logs
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "turn": self.turn}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.turn = int(state.get("turn", 0))
+
+
 def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:

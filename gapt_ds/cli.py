@@ -1,9 +1,10 @@
-"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``report``.
+"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``report``, ``export``.
 
     gapt-ds train --deepspeed_config ds_configs/cpu_default.json --data arithmetic --steps 300
     gapt-ds tokenizer --data 'corpus/*.txt' --vocab-size 8000 --out runs/tok/spm
     gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic
     gapt-ds report runs/arithmetic/*-s* --out runs/arithmetic/report
+    gapt-ds export runs/demo/checkpoints runs/demo/hf
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ COMMANDS = {
     "tokenizer": "train a SentencePiece tokenizer",
     "recipe": "run a paper experiment: baseline vs GAPT over seeds, then report",
     "report": "plots and a comparison table from run directories",
+    "export": "a training checkpoint as a Hugging Face GPT-2 directory",
 }
 
 
@@ -56,6 +58,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from gapt_ds.report import main as report_main
 
             print(report_main(rest))
+        elif command == "export":
+            from gapt_ds.export import main as export_main
+
+            print(export_main(rest))
         else:
             return tokenizer_main(rest)
         return 0

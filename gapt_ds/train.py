@@ -28,6 +28,7 @@ import torch
 
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.models import PRESETS
+from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
 
 ARITH_EVAL_SETS = {"id": (1, 3), "ood": (4, 6)}
 
@@ -98,6 +99,8 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     """The user's DeepSpeed JSON, validated, with TensorBoard pointed into the run directory if unset."""
     cfg = load_json(args.deepspeed_config)
     gapt = GaptConfig.from_ds_config(cfg, source=args.deepspeed_config)
+    if isinstance(cfg.get("optimizer"), dict):
+        resolve_optimizer(str(cfg["optimizer"].get("type", "")))  # an unknown name fails before any work
     if "train_micro_batch_size_per_gpu" not in cfg:
         raise ValueError(f"{args.deepspeed_config}: set train_micro_batch_size_per_gpu (the per-rank micro-batch)")
     if gapt.patch_size > args.seq_len or (args.seq_len % gapt.patch_size and gapt.patch_tail == "error"):
@@ -107,16 +110,6 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     if tb.get("enabled") and "output_path" not in tb:
         tb.update(output_path=str(Path(args.run_dir)), job_name="tensorboard")
     return cfg, gapt
-
-
-def param_groups(model: torch.nn.Module) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms or embeddings (the DS config's value applies)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class MetricsLog:
@@ -175,7 +168,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                          f"the model's vocabulary only {model.config.vocab_size}")
     if model.config.n_positions < args.seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context n_positions={model.config.n_positions}")
-    engine, _, _, _ = gapt_ds.initialize(model=model, model_parameters=param_groups(model), config=ds_cfg)
+    optimizer, params, engine_cfg = build_optimizer(model, ds_cfg)  # DeepSpeed's names, torch.optim, plugins
+    with muon_grouping(model, engine_cfg):
+        engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                                             config=engine_cfg)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
 
