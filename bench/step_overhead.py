@@ -5,6 +5,8 @@ Both engines hold identical GPT-2 copies and the same DeepSpeed config; their st
 the ratio GAPT / plain. Targets (issue 3): <= 1.02 at the small CPU shape, <= 1.01 at 124M widths.
 
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python bench/step_overhead.py                 # L=6 D=384 S=256 B=8
+    ... bench/step_overhead.py --aa                           # A/A control: two plain engines (noise floor)
+    ... bench/step_overhead.py --alignment-every 100 --steps 200   # cost of the gradient-alignment monitor
     .venv/bin/python bench/step_overhead.py --layers 12 --dim 768 --heads 12 --seq 1024 --batch 8 --dtype bf16   # GPU
 """
 
@@ -33,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--mbe-mode", default="patch", choices=["patch", "global"])
     p.add_argument("--aa", action="store_true", help="A/A control: time two plain engines (noise floor)")
+    p.add_argument("--alignment-every", type=int, default=0,
+                   help="instead: GAPT with the gradient-alignment monitor every K steps vs GAPT without it")
     return p.parse_args()
 
 
@@ -55,13 +59,17 @@ def main() -> None:
     if args.dtype == "bf16":
         ds["bf16"] = {"enabled": True}
     model = build_gpt2(cfg)
-    plain, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=copy.deepcopy(ds))
     model2 = copy.deepcopy(model)
     gapt_cfg = dict(ds, gapt={"phase": "compress", "mbe_mode": args.mbe_mode})
-    if args.aa:
-        gapt, *_ = deepspeed.initialize(model=model2, model_parameters=model2.parameters(), config=copy.deepcopy(ds))
-    else:
-        gapt, *_ = gapt_ds.initialize(model=model2, model_parameters=model2.parameters(), config=gapt_cfg)
+    if args.alignment_every:  # A: GAPT, B: GAPT + monitor
+        plain, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=copy.deepcopy(gapt_cfg))
+        monitored = dict(gapt_cfg, gapt={**gapt_cfg["gapt"], "alignment_every": args.alignment_every})
+        gapt, *_ = gapt_ds.initialize(model=model2, model_parameters=model2.parameters(), config=monitored)
+    else:  # A: plain DeepSpeed CE-only; B: GAPT (or, with --aa, plain DeepSpeed again)
+        plain, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=copy.deepcopy(ds))
+        init = deepspeed.initialize if args.aa else gapt_ds.initialize
+        gapt, *_ = init(model=model2, model_parameters=model2.parameters(),
+                        config=copy.deepcopy(ds) if args.aa else gapt_cfg)
 
     x = torch.randint(0, args.vocab, (args.batch, args.seq), device=plain.device)
 
@@ -84,6 +92,12 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
+    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    if args.alignment_every:  # the monitor costs one step in K: compare means, medians hide it
+        print(f"alignment monitor every {args.alignment_every} steps, {args.steps} interleaved steps each: "
+              f"mean step without {mean['plain'] * 1e3:.1f} ms, with {mean['gapt'] * 1e3:.1f} ms, "
+              f"ratio {mean['gapt'] / mean['plain']:.4f}")
+        return
     if args.aa:
         print(f"A/A control, two plain engines: {med['plain'] * 1e3:.1f} ms vs {med['gapt'] * 1e3:.1f} ms, "
               f"ratio {med['gapt'] / med['plain']:.4f}")

@@ -46,13 +46,6 @@ class GaptConfig(_Strict):
     gate: GateConfig = GateConfig()
     alignment_every: int = Field(0, ge=0, description="gradient-alignment period in optimizer steps; 0 = off")
 
-    @field_validator("alignment_every")
-    @classmethod
-    def _alignment_not_yet(cls, every: int) -> int:
-        if every:
-            raise ValueError("the gradient-alignment monitor is not implemented yet; keep 0")
-        return every
-
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, name: str) -> str:

@@ -23,6 +23,17 @@ def world_size(group: Group = None) -> int:
     return dist.get_world_size(group=group) if is_distributed() else 1
 
 
+def rank(group: Group = None) -> int:
+    return dist.get_rank(group=group) if is_distributed() else 0
+
+
+def reduce_scatter_sum(out: torch.Tensor, inp: torch.Tensor, group: Group = None) -> torch.Tensor:
+    """``out`` (numel = inp.numel() / W) receives this rank's chunk of the SUM of ``inp`` over ranks."""
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # the newer name first
+    fn(out, inp, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
 def all_reduce_sum(t: torch.Tensor, group: Group = None) -> torch.Tensor:
     """In-place SUM all-reduce (identity in a single process); returns ``t``."""
     if is_distributed() and world_size(group) > 1:

@@ -18,16 +18,18 @@ per optimizer step: ``engine.last_step`` (all-reduced means, phase, skipped).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import deepspeed
+from deepspeed.runtime.torch_autocast import autocast_if_enabled
 import torch
 from deepspeed.utils import logger
 from torch import nn
 
 from gapt_ds import distributed
 from gapt_ds.algorithms import Algorithm, build_algorithm
+from gapt_ds.alignment import AlignmentMonitor
 from gapt_ds.config import GaptConfig
 from gapt_ds.gate import COMPRESS
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
@@ -58,6 +60,7 @@ class StepStats:
     phase: int  # the phase these micro-batches trained in
     next_phase: int
     skipped: bool
+    alignment: dict[str, float] = field(default_factory=dict)  # cos(∇CE, ∇MBE) when measured this step
 
     @property
     def mbe_mean(self) -> float:
@@ -68,12 +71,15 @@ class GAPTEngine:
     """Mixin placed in front of the concrete DeepSpeed engine class (see ``initialize``)."""
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, modules: list[nn.Module], layer_ids: list[int]):
+    def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, blocks: list[nn.Module], layer_ids: list[int]):
         self.gapt_config = cfg
         self.algorithm = algorithm
         self.mbe_layer_ids = layer_ids
         self._dp_group = self.data_parallel_group
-        self._mbe = MBECapture(modules, cfg.patch_size, cfg.patch_tail, cfg.mbe_mode, group=self._dp_group)
+        self._mbe = MBECapture([blocks[i] for i in layer_ids], cfg.patch_size, cfg.patch_tail, cfg.mbe_mode,
+                               group=self._dp_group)
+        self._alignment = AlignmentMonitor(self.module, blocks, self._dp_group) if cfg.alignment_every else None
+        self._pending_alignment: dict[str, float] = {}
         self.last_micro: Optional[MicroBatchStats] = None
         self.last_step: Optional[StepStats] = None
         self.gapt_skipped_steps = 0
@@ -100,6 +106,9 @@ class GAPTEngine:
     def forward(self, *inputs, **kwargs):
         """Model forward; the output's loss becomes the algorithm's loss (CE + Σ w_l·MBE_l)."""
         training = self.module.training and torch.is_grad_enabled()
+        if training and self._alignment is not None and self._acc is None \
+                and self.global_steps % self.gapt_config.alignment_every == 0:
+            self._pending_alignment = self._alignment.measure(lambda: self._measurement_losses(inputs, kwargs))
         weights = self.algorithm.layer_weights(len(self.mbe_layer_ids)) if training else [0.0] * len(self.mbe_layer_ids)
         with self._mbe.capture(weights, strict=training) as layers:
             out = super().forward(*inputs, **kwargs)
@@ -112,6 +121,14 @@ class GAPTEngine:
         if training:
             self._accumulate(ce.detach(), layers)
         return _with_loss(out, loss)
+
+    def _measurement_losses(self, inputs, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """A forward for the alignment monitor: (CE, mean MBE of the selected layers), both with graphs.
+        It calls the module itself (under DeepSpeed's autocast, if configured): DeepSpeed's forward would
+        hook the output for ``engine.backward`` and refuse ``autograd.grad``."""
+        with self._mbe.capture([1.0] * len(self.mbe_layer_ids)) as layers, autocast_if_enabled(self):
+            out = self.module(*inputs, **kwargs)
+        return _task_loss(out), torch.stack([r.value for r in layers]).mean()
 
     def _accumulate(self, ce: torch.Tensor, layers) -> None:
         row = torch.stack([ce.float(), *[r.local_sum.float() for r in layers]])
@@ -139,7 +156,10 @@ class GAPTEngine:
             if self.global_rank == 0:
                 logger.warning(f"gapt-ds: non-finite CE ({ce}) or MBE ({mbe}) on some rank at step "
                                f"{self.global_steps}: optimizer step skipped on every rank")
-        self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, not finite)
+        self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, not finite,
+                                   self._pending_alignment)
+        logs.update({f"align/{k}": v for k, v in self._pending_alignment.items()})
+        self._pending_alignment = {}
         self._write_events(self.last_step, logs, own_norm)
         self._reset_accumulators()
 
@@ -284,5 +304,5 @@ def initialize(args=None, model: Optional[nn.Module] = None, optimizer=None, mod
         cfg = GaptConfig.from_ds_config(engine._config._param_dict)
         layer_ids = select_layers(len(blocks), cfg.layers)
     engine.__class__ = _gapt_class(type(engine))
-    engine._gapt_setup(cfg, build_algorithm(cfg), [blocks[i] for i in layer_ids], layer_ids)
+    engine._gapt_setup(cfg, build_algorithm(cfg), blocks, layer_ids)
     return engine, ds_optimizer, loader, scheduler

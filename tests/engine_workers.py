@@ -202,3 +202,28 @@ def mlp_worker(rank: int, steps: int) -> dict:
         engine.step()
         mbe.append(engine.last_step.mbe[0])
     return {"mbe": mbe, "layers": engine.mbe_layer_ids}
+
+
+def alignment_worker(rank: int, stages: list[int], batch_seed: int) -> dict:
+    """Each rank holds half of one global batch; returns the monitor's cosines at step 0 per ZeRO stage."""
+    x = tokens(batch_seed, rows=2 * MICRO)[rank * MICRO : (rank + 1) * MICRO]
+    out = {}
+    for stage in stages:
+        engine = make_engine(ds_config(stage, gapt={"alignment_every": 1, "phase": "memorize"}))
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        engine.step()
+        out[stage] = engine.last_step.alignment
+    return out
+
+
+def monitor_invariance_worker(rank: int, stage: int, steps: int, every: int) -> list[float]:
+    """Per-step losses of a dropout run with the alignment monitor every ``every`` steps (0 = off)."""
+    torch.manual_seed(123 + rank)
+    model = build_gpt2(gpt2_config("tiny", vocab_size=VOCAB, seq_len=SEQ, dropout=0.1), seed=0)
+    engine = make_engine(ds_config(stage, gas=2, gapt={"alignment_every": every, "gate": FAST_GATE}), model=model)
+    losses = []
+    for s in range(steps):
+        losses += train_step(engine, s, rank, gas=2)
+        assert bool(engine.last_step.alignment) == (every > 0 and s % every == 0), (s, engine.last_step.alignment)
+    return losses

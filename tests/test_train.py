@@ -68,8 +68,9 @@ def test_arguments_are_validated_all_at_once(tmp_path):
 
 
 def test_deepspeed_launcher_two_ranks_logs_evaluates_and_checkpoints(tmp_path):
+    config = write_ds_config(tmp_path / "ds_align.json", alignment_every=6)
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "gapt_ds.train",
-           *train_args(tmp_path, "run", "--steps", "24", "--eval-every", "12", "--save-every", "12")]
+           *train_args(tmp_path, "run", "--steps", "24", "--eval-every", "12", "--save-every", "12", config=config)]
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "run"
@@ -83,7 +84,10 @@ def test_deepspeed_launcher_two_ranks_logs_evaluates_and_checkpoints(tmp_path):
         assert key in summary
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step24"
     tags = set(SummaryReader(str(run_dir / "tensorboard")).scalars["tag"])
-    assert {"gapt/ce", "gapt/phase", "gapt/mbe_mean", "eval/val_ce", "eval/ood_answer_ce", "Train/Samples/lr"} <= tags
+    assert {"gapt/ce", "gapt/phase", "gapt/mbe_mean", "eval/val_ce", "eval/ood_answer_ce", "Train/Samples/lr",
+            "gapt/align/all", "gapt/align/block_1"} <= tags
+    align = SummaryReader(str(run_dir / "tensorboard")).scalars.query("tag == 'gapt/align/all'")
+    assert sorted(align["step"]) == [1, 7, 13, 19]  # measured on the first micro-batch of steps 0, 6, 12, 18
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_losses_bitwise(tmp_path):
