@@ -8,7 +8,7 @@ import pytest
 from gapt_ds.config import GaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
+CONFIGS = sorted((ROOT / "ds_configs").rglob("*.json"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -19,7 +19,7 @@ def test_shipped_config_is_valid_and_documented(path):
     assert "gapt" in raw
     GaptConfig.from_ds_config(path)
     DeepSpeedConfig(raw)  # DeepSpeed's own pydantic validation (it keeps the "gapt" key)
-    assert f"`{path.name}`" in (ROOT / "docs" / "configs.md").read_text()
+    assert f"`{path.relative_to(ROOT / 'ds_configs')}`" in (ROOT / "docs" / "configs.md").read_text()
 
 
 def test_deepspeed_rejects_typos_in_its_own_sections():

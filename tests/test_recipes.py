@@ -45,6 +45,15 @@ def test_tiny_arithmetic_and_forgetting_recipes_and_their_report(tmp_path):
     assert "| ce | 1 |" in md and "| gapt | 1 |" in md and "| gapt vs ce |" in md and "OOD answer-CE" in md
     assert (out / "report" / "gapt-s0.png").stat().st_size > 10_000
 
+    cout = tmp_path / "cycle"
+    recipe(tmp_path, "cycle", "--seeds", "0", "--out", str(cout), "--", "--model", "tiny", "--steps", "6",
+           "--eval-every", "6", "--arith-eval", "16", "--eval-batches", "1", "--seq-len", "32")
+    assert not (cout / "gapt-s0").exists() and (cout / "ce-s0" / "summary.json").is_file()
+    from tbparse import SummaryReader
+
+    tags = set(SummaryReader(str(cout / "ce-s0" / "tensorboard")).scalars["tag"])
+    assert {"gapt/align/all", "gapt/align/block_1"} <= tags  # plotted as the report's third panel
+
     fout = tmp_path / "forget"
     recipe(tmp_path, "forgetting", "--seeds", "0,1", "--out", str(fout), "--", "--steps-per-task", "30")
     md = (fout / "report" / "report.md").read_text()

@@ -4,6 +4,7 @@
     gapt-ds recipe forgetting --seeds 0,1,2 --out runs/forgetting          # §6.3
     gapt-ds recipe text-cpu --seeds 0,1,2 --out runs/text -- --data 'corpus/*.txt' --tokenizer tok/spm.model
     gapt-ds recipe fineweb --ranks 8 --out runs/fineweb -- --tokenizer /data/gpt2_bpe     # §6.1, GPU node
+    gapt-ds recipe cycle --seeds 0 --out runs/cycle       # §1/§5: CE-only run with cos(∇CE, ∇MBE) logged
 
 Each (arm, seed) gets ``OUT/<arm>-s<seed>/``; at the end ``gapt-ds report`` writes ``OUT/report/``.
 Arguments after ``--`` go to every run (they override the recipe's defaults).
@@ -34,8 +35,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                  "--seq-len", "1024", "--steps", "1750", "--eval-every", "250", "--save-every", "500",
                  "--arith-eval", "0"]),
     "forgetting": ("", []),
+    # §1/§5: CE-only training with the gradient-alignment monitor, to watch cos(∇CE, ∇MBE) change sign
+    "cycle": ("recipes/cycle.json",
+              ["--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64",
+               "--steps", "600", "--eval-every", "200", "--save-every", "0", "--arith-eval", "256"]),
 }
 ARMS = ("ce", "gapt")
+DEFAULT_ARMS = {"cycle": ("ce",)}
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -45,7 +51,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     p = argparse.ArgumentParser(prog="gapt-ds recipe", description=__doc__.split("\n")[0])
     p.add_argument("name", choices=sorted(RECIPES))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated algorithms")
+    p.add_argument("--arms", default=None, help="comma-separated algorithms (default: ce,gapt; cycle: ce)")
     p.add_argument("--out", required=True, help="directory for the runs and the report")
     p.add_argument("--ranks", type=int, default=2, help="ranks per run (GPUs, or CPU processes)")
     p.add_argument("--config", default=None, help="DeepSpeed JSON instead of the recipe's")
@@ -54,7 +60,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    args.arms = args.arms.split(",")
+    args.arms = args.arms.split(",") if args.arms else list(DEFAULT_ARMS.get(args.name, ARMS))
     return args, extra
 
 
