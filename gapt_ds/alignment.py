@@ -23,18 +23,9 @@ import torch
 from torch import nn
 
 from gapt_ds import distributed
+from gapt_ds.checkpoint import rng_state, set_rng_state
 
 BUCKET_ELEMENTS = 2**24
-
-
-def _rng_state() -> tuple:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1])
 
 
 class AlignmentMonitor:
@@ -53,13 +44,13 @@ class AlignmentMonitor:
 
     def measure(self, losses: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """``losses()`` runs one forward and returns (CE, mean MBE) with graphs; called twice."""
-        state = _rng_state()
+        state = rng_state()
         try:
             ce_grads = self._grads(losses()[0])
-            _set_rng_state(state)
+            set_rng_state(state)
             mbe_grads = self._grads(losses()[1])
         finally:
-            _set_rng_state(state)
+            set_rng_state(state)
         for i, (a, b) in enumerate(zip(ce_grads, mbe_grads)):  # a parameter unused by one loss: zero gradient
             if a is None or b is None:
                 like = a if a is not None else b if b is not None else torch.zeros(0)
