@@ -30,7 +30,7 @@ DS_CONFIG = {
     "steps_per_print": 10**9,
     "optimizer": {"type": "Adam", "params": {"lr": 0.003, "torch_adam": True}},
     "zero_optimization": {"stage": 0},
-    "gapt": {"mbe_mode": "global", "layers": "all", "mbe_weight": 0.1,
+    "gapt": {"mbe_mode": "global", "layers": "all", "mbe_weight": 1.0,
              "gate": {"patience_memorize": 50, "patience_compress": 50, "ce_delta": 0.001, "mbe_delta": 0.01}},
 }
 
