@@ -6,7 +6,8 @@ the ratio GAPT / plain. Targets (issue 3): <= 1.02 at the small CPU shape, <= 1.
 
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python bench/step_overhead.py                 # L=6 D=384 S=256 B=8
     ... bench/step_overhead.py --aa                           # A/A control: two plain engines (noise floor)
-    ... bench/step_overhead.py --alignment-every 100 --steps 200   # cost of the gradient-alignment monitor
+    ... bench/step_overhead.py --alignment-every 100 --steps 300   # monitor on vs off, interleaved
+    ... bench/step_overhead.py --alignment-cost --steps 10         # one measurement vs one step
     .venv/bin/python bench/step_overhead.py --layers 12 --dim 768 --heads 12 --seq 1024 --batch 8 --dtype bf16   # GPU
 """
 
@@ -37,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--aa", action="store_true", help="A/A control: time two plain engines (noise floor)")
     p.add_argument("--alignment-every", type=int, default=0,
                    help="instead: GAPT with the gradient-alignment monitor every K steps vs GAPT without it")
+    p.add_argument("--alignment-cost", action="store_true",
+                   help="instead: time one alignment measurement against one GAPT step (overhead = ratio / K)")
     return p.parse_args()
 
 
@@ -84,6 +87,9 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    if args.alignment_cost:
+        measure_cost(gapt, x, args)
+        return
     times = {"plain": [], "gapt": []}
     for i in range(args.warmup + args.steps):
         order = [("plain", plain), ("gapt", gapt)] if i % 2 == 0 else [("gapt", gapt), ("plain", plain)]
@@ -110,6 +116,31 @@ def main() -> None:
     print(f"ratio GAPT/plain = {med['gapt'] / med['plain']:.4f}")
     print(f"last GAPT step: {gapt.last_step}; DeepSpeed skipped steps: {gapt.skipped_steps}")
     assert gapt.phase == 2 and gapt.last_step is not None
+
+
+def measure_cost(engine, x: torch.Tensor, args: argparse.Namespace) -> None:
+    """Interleave GAPT steps and alignment measurements (the monitor's own code path) on one engine."""
+    from gapt_ds.alignment import AlignmentMonitor
+    from gapt_ds.hooks import find_blocks
+
+    monitor = AlignmentMonitor(engine.module, find_blocks(engine.module))
+    one_forward = engine.zero_optimization_stage() < 3
+    steps, measures = [], []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        engine.step()
+        t1 = time.perf_counter()
+        monitor.measure(lambda: engine._measurement_losses((), {"input_ids": x, "labels": x}), one_forward)
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            steps.append(t1 - t0)
+            measures.append(t2 - t1)
+    step, meas = statistics.median(steps), statistics.median(measures)
+    print(f"median GAPT step {step * 1e3:.1f} ms, median alignment measurement {meas * 1e3:.1f} ms "
+          f"({meas / step:.2f} steps); overhead at every K steps = 1 + {meas / step:.2f}/K: "
+          + ", ".join(f"K={k}: {1 + meas / step / k:.4f}" for k in (50, 100, 200)))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@ Every ``alignment_every`` optimizer steps the engine measures, on that step's fi
 before training on it, the cosine between the data-parallel-averaged gradients of CE and of the mean
 MBE of the selected layers, over all trainable parameters and per transformer block.
 
-How (any ZeRO stage): two recomputed passes, forward + ``torch.autograd.grad`` of CE, then forward +
-``autograd.grad`` of MBE, straight through the module. ``autograd.grad`` never accumulates into ``.grad``,
-so DeepSpeed's gradient hooks, buffers and counters are untouched, and the RNG state is restored around
-each pass, so training continues bitwise as without the monitor. (Two forwards, because ZeRO-3 cannot
-run two backward passes through one forward.) The averaged gradients are never assembled: parameters
+How (any ZeRO stage): a recomputed forward straight through the module, then ``torch.autograd.grad`` of
+CE and of MBE (under ZeRO-3, which cannot back-propagate twice through one forward, a second forward
+for MBE). ``autograd.grad`` never accumulates into ``.grad``, so DeepSpeed's gradient hooks, buffers and
+counters are untouched, and the RNG state is restored, so training continues bitwise as without the
+monitor. The averaged gradients are never assembled: parameters
 are packed into buckets, each bucket pair is reduce-scattered, and every rank takes dot products and
 norms over its own 1/W partition only; one all-reduce of 3 scalars per group then gives every cosine.
-Memory: this rank's local gradients of one pass (as a ZeRO-0 backward would hold) plus one bucket.
-Cost per measurement: 2 extra forward+backward passes of one micro-batch.
+Memory: this rank's local gradients of both losses (twice what a ZeRO-0 backward holds) plus one bucket.
+Cost per measurement: one extra forward and two backward passes of one micro-batch (ZeRO-3: two of each).
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ class AlignmentMonitor:
                     self.param_group[index[id(p)]] = b + 1
         self.group = group
 
-    def measure(self, losses: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        """``losses()`` runs one forward and returns (CE, mean MBE) with graphs; called twice."""
+    def measure(self, losses: Callable[[], tuple[torch.Tensor, torch.Tensor]], one_forward: bool) -> dict[str, float]:
+        """``losses()`` runs one forward and returns (CE, mean MBE) with graphs. ``one_forward``: back-propagate
+        both from one forward (not possible under ZeRO-3, which then gets a second forward)."""
         state = rng_state()
         try:
-            ce_grads = self._grads(losses()[0])
-            set_rng_state(state)
-            mbe_grads = self._grads(losses()[1])
+            ce, mbe = losses()
+            ce_grads = self._grads(ce, retain=one_forward)
+            if not one_forward:
+                set_rng_state(state)
+                mbe = losses()[1]
+            mbe_grads = self._grads(mbe)
         finally:
             set_rng_state(state)
         for i, (a, b) in enumerate(zip(ce_grads, mbe_grads)):  # a parameter unused by one loss: zero gradient
@@ -61,8 +65,8 @@ class AlignmentMonitor:
         # groups where one gradient is exactly zero (blocks after the last measured layer) have no cosine
         return {name: float(d / n) for name, d, n in zip(self.group_names, sums[:, 0].tolist(), norms.tolist()) if n > 0}
 
-    def _grads(self, loss: torch.Tensor) -> list:
-        return list(torch.autograd.grad(loss, self.params, allow_unused=True))
+    def _grads(self, loss: torch.Tensor, retain: bool = False) -> list:
+        return list(torch.autograd.grad(loss, self.params, allow_unused=True, retain_graph=retain))
 
     def _partitioned_sums(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
         world = distributed.world_size(self.group)

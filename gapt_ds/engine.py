@@ -108,7 +108,8 @@ class GAPTEngine:
         training = self.module.training and torch.is_grad_enabled()
         if training and self._alignment is not None and self._acc is None \
                 and self.global_steps % self.gapt_config.alignment_every == 0:
-            self._pending_alignment = self._alignment.measure(lambda: self._measurement_losses(inputs, kwargs))
+            self._pending_alignment = self._alignment.measure(lambda: self._measurement_losses(inputs, kwargs),
+                                                              one_forward=self.zero_optimization_stage() < 3)
         weights = self.algorithm.layer_weights(len(self.mbe_layer_ids)) if training else [0.0] * len(self.mbe_layer_ids)
         with self._mbe.capture(weights, strict=training) as layers:
             out = super().forward(*inputs, **kwargs)
