@@ -135,22 +135,23 @@ class RoundRobinGAPT(GatedPhaseTransition):
         self.turn = int(state.get("turn", 0))
 
 
-def _load_entry_points() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-                raise ValueError(f"entry point {ep.name!r} ({ep.value}) is not a gapt_ds.algorithms.Algorithm")
-            register_algorithm(ep.name)(cls)
+def _plugins() -> dict:
+    """Installed entry points, read afresh each time (an uninstalled plugin disappears)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _REGISTRY}
 
 
 def available_algorithms() -> list[str]:
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    """Names selectable in ``"algorithm"``: the registered classes and the installed plugins."""
+    return sorted({*_REGISTRY, *_plugins()})
 
 
 def build_algorithm(cfg: "GaptConfig") -> Algorithm:
     """Instantiate the algorithm named in the (validated) config."""
-    if cfg.algorithm not in _REGISTRY:
-        _load_entry_points()
-    return _REGISTRY[cfg.algorithm](cfg)
+    cls = _REGISTRY.get(cfg.algorithm)
+    if cls is None:
+        ep = _plugins()[cfg.algorithm]
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+            raise ValueError(f"entry point {ep.name!r} ({ep.value}) is not a gapt_ds.algorithms.Algorithm subclass")
+        cls.name = ep.name
+    return cls(cfg)

@@ -174,6 +174,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                              config=engine_cfg)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
+    val_needed = micro * world * args.seq_len
+    if rank == 0 and len(cache.split("val")) < val_needed:
+        warnings.warn(f"the validation split has {len(cache.split('val'))} tokens, fewer than one micro-batch on every "
+                      f"rank ({val_needed}): no validation CE will be logged; lower --val-every for more")
 
     fingerprint = {"data": cache.meta["source"], "tokenizer": cache.meta["tokenizer"], "seq_len": args.seq_len,
                    "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,

@@ -62,6 +62,36 @@ def test_tiny_arithmetic_and_forgetting_recipes_and_their_report(tmp_path):
     assert summary["step"] == 60 and summary["separation"] > 0
 
 
+@pytest.mark.distributed
+def test_tiny_text_recipes_with_sentencepiece_and_gpt2_bpe(tmp_path):
+    """text-cpu with a SentencePiece tokenizer, and the fineweb recipe pointed at local data with a
+    GPT-2 BPE tokenizer and the CPU config (the hub dataset cannot be reached offline)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from gapt_ds.data.sources import iter_texts
+    from gapt_ds.data.tokenizers import train_sentencepiece
+    from test_data import WORDS, write_corpus
+
+    pattern = write_corpus(tmp_path / "corpus", n_files=2, lines=300)
+    spm = train_sentencepiece(iter_texts(pattern), str(tmp_path / "tok" / "spm"), vocab_size=320)
+    tiny = ["--model", "tiny", "--steps", "4", "--eval-every", "4", "--eval-batches", "1", "--seq-len", "32",
+            "--val-every", "4"]
+    out = tmp_path / "text"
+    recipe(tmp_path, "text-cpu", "--seeds", "0", "--out", str(out), "--", "--data", pattern, "--tokenizer", spm, *tiny)
+    assert "val_ce" in json.loads((out / "gapt-s0" / "summary.json").read_text())
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(WORDS)] * 50, vocab_size=300, special_tokens=["<|endoftext|>"])
+    (tmp_path / "bpe").mkdir()
+    bpe.save_model(str(tmp_path / "bpe"))
+    out = tmp_path / "fineweb"
+    recipe(tmp_path, "fineweb", "--seeds", "0", "--arms", "gapt", "--config", str(ROOT / "ds_configs" / "cpu_default.json"),
+           "--out", str(out), "--", "--data", pattern, "--tokenizer", str(tmp_path / "bpe"), "--max-tokens", "20000", *tiny)
+    run_args = json.loads((out / "gapt-s0" / "args.json").read_text())
+    assert run_args["recipe"] == "fineweb" and run_args["model"] == "tiny" and run_args["max_tokens"] == 20000
+    assert (out / "report" / "report.md").is_file()
+
+
 def test_report_errors_on_a_non_run_directory(tmp_path):
     from gapt_ds.report import main
 
