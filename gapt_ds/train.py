@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -126,17 +125,11 @@ class MetricsLog:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
-    ds_cfg, gapt_cfg = resolve_ds_config(args)
+    ds_cfg, _ = resolve_ds_config(args)
     import deepspeed
     import torch.distributed as dist
 
-    import gapt_ds
-    from gapt_ds import checkpoint
-    from gapt_ds.data.batches import PackedBatches
-    from gapt_ds.data.cache import build_cache
-    from gapt_ds.data.tokenizers import load_tokenizer
     from gapt_ds.distributed import skip_cpu_shm_build
-    from gapt_ds.models import build_gpt2, gpt2_config
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         skip_cpu_shm_build()
@@ -145,6 +138,26 @@ def main(argv: Optional[list[str]] = None) -> dict:
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", "29500")
     deepspeed.init_distributed()
+    try:
+        summary = _run(args, ds_cfg)
+        dist.barrier()
+        return summary
+    finally:
+        # an exit with a live gloo/NCCL group can abort at interpreter teardown (SIGABRT on a worker)
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
+    """Everything after the process group exists: data, model, engine, the training loop."""
+    import torch.distributed as dist
+
+    import gapt_ds
+    from gapt_ds import checkpoint
+    from gapt_ds.data.batches import PackedBatches
+    from gapt_ds.data.cache import build_cache
+    from gapt_ds.data.tokenizers import load_tokenizer
+    from gapt_ds.models import build_gpt2, gpt2_config
+
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(args.run_dir)
     if rank == 0:

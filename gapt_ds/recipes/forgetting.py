@@ -159,4 +159,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import torch.distributed as dist
+
+    try:
+        main()
+    finally:  # tear the process group down before exit (a live gloo group can abort at teardown)
+        if dist.is_initialized():
+            dist.destroy_process_group()
