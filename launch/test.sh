@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite; sets up .venv first (launch/setup.sh). Extra arguments go to pytest:
-#   bash launch/test.sh                 # everything (CPU, ~10 min on 2 cores)
+#   bash launch/test.sh                 # everything (CPU: about 5 min on 2 cores, plus ~1 min of set-up)
 #   bash launch/test.sh -m "not distributed" -x
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
