@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -56,13 +56,12 @@ def save(engine, ckpt_dir: Path, step: int, micro_batches: int, fingerprint: dic
 def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
     """Restore the latest checkpoint under ``ckpt_dir``; returns the run state. Clear errors for a missing,
     truncated or mismatched checkpoint."""
-    latest = ckpt_dir / "latest"
-    if not latest.is_file():
-        raise ValueError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file)")
-    tag = latest.read_text().strip()
-    if not (ckpt_dir / tag).is_dir():
-        raise ValueError(f"--resume: {latest} names {tag!r}, but {ckpt_dir / tag} does not exist")
-    check_fingerprint(peek_run_state(ckpt_dir / tag)["fingerprint"], fingerprint, ckpt_dir / tag)
+    try:
+        tag_dir = tag_directory(ckpt_dir)
+        check_fingerprint(peek_run_state(tag_dir)["fingerprint"], fingerprint, tag_dir)
+    except ValueError as err:
+        raise ValueError(f"--resume: {err}") from None
+    tag = tag_dir.name
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except ValueError:
@@ -78,18 +77,30 @@ def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
     return run
 
 
+def tag_directory(ckpt_dir: Path, tag: Optional[str] = None) -> Path:
+    """``ckpt_dir/tag``; without a tag, the one DeepSpeed's ``latest`` file names."""
+    if tag is None:
+        latest = ckpt_dir / "latest"
+        if not latest.is_file():
+            raise ValueError(f"{ckpt_dir}: no 'latest' file, so no DeepSpeed checkpoint there")
+        tag = latest.read_text().strip()
+    if not (ckpt_dir / tag).is_dir():
+        raise ValueError(f"{ckpt_dir}: checkpoint {tag!r} does not exist")
+    return ckpt_dir / tag
+
+
 def peek_run_state(tag_dir: Path) -> dict:
     """The run state stored with rank 0's model states, read (memory-mapped) before DeepSpeed loads anything."""
     files = sorted(tag_dir.glob("mp_rank_00_model_states.pt")) or sorted(tag_dir.glob("*model_states.pt"))
     if not files:
-        raise ValueError(f"--resume: {tag_dir} has no model states file: an incomplete checkpoint")
+        raise ValueError(f"{tag_dir} has no model states file: an incomplete checkpoint")
     try:
         state = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:
-        raise ValueError(f"--resume: cannot read {files[0]}: it is truncated or corrupt "
+        raise ValueError(f"cannot read {files[0]}: it is truncated or corrupt "
                          f"({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(state, dict) or RUN_KEY not in state:
-        raise ValueError(f"--resume: {tag_dir} is not a gapt-ds training checkpoint (no run state)")
+        raise ValueError(f"{tag_dir} is not a gapt-ds training checkpoint (no run state)")
     return state[RUN_KEY]
 
 
@@ -97,4 +108,4 @@ def check_fingerprint(saved: dict, current: dict, where: Path) -> None:
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
         lines = "\n".join(f"  {k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"--resume: {where} was written by a run with other settings:\n{lines}")
+        raise ValueError(f"{where} was written by a run with other settings:\n{lines}")

@@ -33,19 +33,6 @@ def _checkpoint_dir(path: Path) -> Path:
     return path
 
 
-def _tag_dir(ckpt_dir: Path, tag: Optional[str]) -> Path:
-    if tag is None:
-        latest = ckpt_dir / "latest"
-        if not latest.is_file():
-            raise ValueError(f"{ckpt_dir}: no 'latest' file, so no DeepSpeed checkpoint to export "
-                             "(give RUN_DIR/checkpoints of a gapt-ds train run, or --tag)")
-        tag = latest.read_text().strip()
-    tag_dir = ckpt_dir / tag
-    if not tag_dir.is_dir():
-        raise ValueError(f"{ckpt_dir}: checkpoint {tag!r} does not exist")
-    return tag_dir
-
-
 def _run_args(run_dir: Path) -> dict:
     path = run_dir / "args.json"
     if not path.is_file():
@@ -59,15 +46,9 @@ def _run_args(run_dir: Path) -> dict:
 
 def _trained_model_config(tag_dir: Path) -> Optional[str]:
     """The GPT2Config diff that ``gapt-ds train`` stored in the checkpoint's run state (None with --init-from)."""
-    from gapt_ds.checkpoint import RUN_KEY
+    from gapt_ds.checkpoint import peek_run_state
 
-    files = sorted(tag_dir.glob("mp_rank_00_model_states.pt")) or sorted(tag_dir.glob("*model_states.pt"))
-    if not files:
-        raise ValueError(f"{tag_dir} has no model states file: an incomplete checkpoint")
-    state = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-    if not isinstance(state, dict) or RUN_KEY not in state:
-        raise ValueError(f"{tag_dir} is not a gapt-ds training checkpoint (no run state)")
-    model = state[RUN_KEY]["fingerprint"]["model"]
+    model = peek_run_state(tag_dir)["fingerprint"]["model"]
     return model if model.lstrip().startswith("{") else None
 
 
@@ -119,8 +100,10 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: Optional[str] =
     """Write a ``save_pretrained`` GPT2LMHeadModel plus tokenizer files for a ``gapt-ds train`` checkpoint."""
     from transformers import GPT2LMHeadModel
 
+    from gapt_ds.checkpoint import tag_directory
+
     ckpt_dir = _checkpoint_dir(Path(checkpoint_dir))
-    tag_dir = _tag_dir(ckpt_dir, tag)
+    tag_dir = tag_directory(ckpt_dir, tag)
     args = _run_args(ckpt_dir.parent)
     trained = _trained_model_config(tag_dir)
     out = Path(out_dir)
