@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+import traceback
+from typing import NoReturn, Optional
 
 
 def tokenizer_main(argv: list[str]) -> int:
@@ -70,5 +71,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+def entry(argv: Optional[list[str]] = None) -> NoReturn:
+    """The ``gapt-ds`` console script (and ``python -m gapt_ds.train``): ``main``, then an exit that is
+    safe for a training worker (``distributed.exit_process``)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's --help and usage errors
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed as Python would, then the same safe exit
+        traceback.print_exc()
+        code = 1
+    if "gapt_ds.distributed" in sys.modules:  # this process may have run collectives
+        from gapt_ds.distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

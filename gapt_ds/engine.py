@@ -203,6 +203,28 @@ class GAPTEngine:
         events += list(extra.items())
         self.monitor.write_events([(TB_PREFIX + tag, float(v), step) for tag, v in events])
 
+    # -- teardown ---------------------------------------------------------------------------------
+    def destroy(self) -> None:
+        """Release everything that keeps the engine (and with it the process groups) alive: gapt-ds's
+        forward hooks, the TensorBoard writer (flushed, its thread joined) and DeepSpeed's own hooks.
+
+        Call it before ``torch.distributed.destroy_process_group``: DeepSpeed's autograd hooks are held by
+        C++ and form cycles Python's GC cannot break, so a forgotten engine keeps its gloo/NCCL groups,
+        and their threads, running into interpreter shutdown (a worker then aborts with
+        ``terminate called without an active exception``).
+        """
+        self._mbe.remove()
+        writer = getattr(getattr(self.monitor, "tb_monitor", None), "summary_writer", None)
+        if writer is not None:
+            writer.close()
+        zero3_params = list(self.module.parameters()) if self.zero_optimization_stage() == 3 else []
+        super().destroy()
+        for hook in (getattr(self, "module_forward_pre_hook", None), getattr(self, "module_forward_post_hook", None)):
+            if hook is not None:  # DeepSpeed's own forward hooks on the module reference the engine
+                hook.remove()
+        for p in zero3_params:  # ZeRO-3's per-parameter state (groups, gather closures) outlives destroy()
+            p.__dict__.clear()
+
     # -- checkpoints ------------------------------------------------------------------------------
     def gapt_state_dict(self) -> dict:
         return {"algorithm": self.algorithm.name, "layers": self.mbe_layer_ids, "skipped_steps": self.gapt_skipped_steps,

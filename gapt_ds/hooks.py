@@ -97,7 +97,9 @@ class MBECapture:
         try:
             yield self._results
         finally:
-            self._active = False
+            # The results carry the forward's autograd graph, whose C++ nodes (e.g. ZeRO-3's module
+            # hooks) reference the model: kept here, they would pin model and engine beyond their use.
+            self._active, self._results = False, []
 
     def _hook(self, index: int):
         def hook(module: nn.Module, args, output) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -129,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     import deepspeed
     import torch.distributed as dist
 
-    from gapt_ds.distributed import skip_cpu_shm_build
+    from gapt_ds.distributed import shutdown_process_groups, skip_cpu_shm_build
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         skip_cpu_shm_build()
@@ -142,9 +143,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         summary = _run(args, ds_cfg)
         dist.barrier()
         return summary
+    except BaseException as err:  # its frames would keep the engine, and so the process groups, alive
+        traceback.clear_frames(err.__traceback__)
+        raise
     finally:
-        # an exit with a live gloo/NCCL group can abort at interpreter teardown (SIGABRT on a worker)
-        dist.destroy_process_group()
+        shutdown_process_groups()
 
 
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
@@ -185,6 +188,21 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     with muon_grouping(model, engine_cfg):
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
+    del model, optimizer, params
+    try:
+        return _train(args, engine, cache, tokenizer, model_cfg, run_dir)
+    finally:
+        engine.destroy()  # before the process group goes: see GAPTEngine.destroy
+
+
+def _train(args: argparse.Namespace, engine, cache, tokenizer, model_cfg, run_dir: Path) -> dict:
+    """The training loop with evaluation and checkpoints; returns the final evaluation."""
+    import torch.distributed as dist
+
+    from gapt_ds import checkpoint
+    from gapt_ds.data.batches import PackedBatches
+
+    rank, world = dist.get_rank(), dist.get_world_size()
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
@@ -301,6 +319,6 @@ class Evaluator:
 
 
 if __name__ == "__main__":
-    from gapt_ds.cli import main as cli_main
+    from gapt_ds.cli import entry
 
-    sys.exit(cli_main(["train", *sys.argv[1:]]))
+    entry(["train", *sys.argv[1:]])

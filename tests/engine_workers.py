@@ -227,3 +227,29 @@ def monitor_invariance_worker(rank: int, stage: int, steps: int, every: int) -> 
         losses += train_step(engine, s, rank, gas=2)
         assert bool(engine.last_step.alignment) == (every > 0 and s % every == 0), (s, engine.last_step.alignment)
     return losses
+
+
+def teardown_worker(rank: int, stage: int, tb_dir: str) -> dict:
+    """Train, evaluate, then tear down as ``gapt-ds train`` does; report what is still alive afterwards."""
+    import gc
+    import glob
+    import weakref
+
+    from gapt_ds.distributed import shutdown_process_groups
+
+    engine = make_engine(ds_config(stage=stage, tb_dir=f"{tb_dir}/s{stage}"))
+    for step in range(2):
+        train_step(engine, step, rank)
+    engine.eval()
+    with torch.no_grad():
+        engine(input_ids=tokens(99), labels=tokens(99))
+    alive = weakref.ref(engine)
+    engine.destroy()
+    del engine
+    shutdown_process_groups()
+    gc.collect()
+    import threading
+
+    native = [open(p).read().strip() for p in glob.glob("/proc/self/task/*/comm")]
+    return {"engine_alive": alive() is not None, "native_threads": native,
+            "python_threads": [type(t).__name__ for t in threading.enumerate()]}
