@@ -10,14 +10,12 @@ the entry-point group ``gapt_ds.algorithms`` and are selected by name in the ``"
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
+from gapt_ds.config import GAPT_KEY, GaptConfig
 from gapt_ds.gate import COMPRESS, MEMORIZE, PhaseGate
-
-if TYPE_CHECKING:
-    from gapt_ds.config import GaptConfig
 
 ENTRY_POINT_GROUP = "gapt_ds.algorithms"
 _REGISTRY: dict[str, type["Algorithm"]] = {}
@@ -28,7 +26,7 @@ class Algorithm:
 
     name = ""
 
-    def __init__(self, cfg: "GaptConfig") -> None:
+    def __init__(self, cfg: GaptConfig) -> None:
         self.cfg = cfg
         self.phase = MEMORIZE
 
@@ -74,7 +72,7 @@ class CrossEntropyOnly(Algorithm):
 class FixedWeightMBE(Algorithm):
     """Always compress: CE + w·mean MBE on every step."""
 
-    def __init__(self, cfg: "GaptConfig") -> None:
+    def __init__(self, cfg: GaptConfig) -> None:
         super().__init__(cfg)
         self.phase = COMPRESS
 
@@ -86,9 +84,9 @@ class FixedWeightMBE(Algorithm):
 class GatedPhaseTransition(Algorithm):
     """GAPT: the ``PhaseGate`` picks the phase each step; ``"phase"`` other than adaptive pins it."""
 
-    def __init__(self, cfg: "GaptConfig") -> None:
+    def __init__(self, cfg: GaptConfig) -> None:
         super().__init__(cfg)
-        self.gate = PhaseGate(**cfg.gate.model_dump())
+        self.gate = PhaseGate(cfg.gate)
         self.pinned = {"memorize": MEMORIZE, "compress": COMPRESS}.get(cfg.phase)
         self.phase = self.pinned or self.gate.phase
 
@@ -112,7 +110,7 @@ class RoundRobinGAPT(GatedPhaseTransition):
     """GAPT whose compression loss is CE + w·MBE of a single selected layer, the next one at every
     optimizer step (the reference code's round-robin variant, spec §4). The gate still sees every layer."""
 
-    def __init__(self, cfg: "GaptConfig") -> None:
+    def __init__(self, cfg: GaptConfig) -> None:
         super().__init__(cfg)
         self.turn = 0
 
@@ -145,13 +143,24 @@ def available_algorithms() -> list[str]:
     return sorted({*_REGISTRY, *_plugins()})
 
 
-def build_algorithm(cfg: "GaptConfig") -> Algorithm:
-    """Instantiate the algorithm named in the (validated) config."""
-    cls = _REGISTRY.get(cfg.algorithm)
-    if cls is None:
-        ep = _plugins()[cfg.algorithm]
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-            raise ValueError(f"entry point {ep.name!r} ({ep.value}) is not a gapt_ds.algorithms.Algorithm subclass")
-        cls.name = ep.name
-    return cls(cfg)
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class selected by ``"algorithm": name`` (a plugin is loaded); a ValueError naming the key and
+    every available name for an unknown one. Callers check it before DeepSpeed starts."""
+    cls = _REGISTRY.get(name)
+    if cls is not None:
+        return cls
+    plugins = _plugins()
+    if name not in plugins:
+        raise ValueError(f"invalid \"{GAPT_KEY}\" config (1 problem):\n  {GAPT_KEY}.algorithm: unknown algorithm "
+                         f"{name!r}; available: {', '.join(available_algorithms())}")
+    ep = plugins[name]
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise ValueError(f"entry point {ep.name!r} ({ep.value}) is not a gapt_ds.algorithms.Algorithm subclass")
+    cls.name = ep.name
+    return cls
+
+
+def build_algorithm(cfg: GaptConfig) -> Algorithm:
+    """Instantiate the algorithm named in the config (``algorithm_class`` checks the name)."""
+    return algorithm_class(cfg.algorithm)(cfg)

@@ -14,8 +14,10 @@ import sys
 import traceback
 from typing import NoReturn, Optional
 
+from gapt_ds.runtime import run_main
 
-def tokenizer_main(argv: list[str]) -> int:
+
+def tokenizer_main(argv: list[str]) -> str:
     p = argparse.ArgumentParser(prog="gapt-ds tokenizer", description="Train a SentencePiece tokenizer on local text.")
     p.add_argument("--data", required=True, help="local glob of .txt/.jsonl/.parquet files (or hf:NAME[:CONFIG])")
     p.add_argument("--vocab-size", type=int, default=8000)
@@ -25,9 +27,7 @@ def tokenizer_main(argv: list[str]) -> int:
     from gapt_ds.data.sources import iter_texts
     from gapt_ds.data.tokenizers import train_sentencepiece
 
-    path = train_sentencepiece(iter_texts(args.data), args.out, args.vocab_size, args.model_type)
-    print(path)
-    return 0
+    return train_sentencepiece(iter_texts(args.data), args.out, args.vocab_size, args.model_type)
 
 
 COMMANDS = {
@@ -46,29 +46,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(usage, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    try:
-        if command == "train":
-            from gapt_ds.train import main as train_main
+    command_main, show_result = _COMMAND_MAINS[command]()
+    return run_main(f"gapt-ds {command}", command_main, rest, show=show_result)
 
-            train_main(rest)
-        elif command == "recipe":
-            from gapt_ds.recipes.run import run_recipe
 
-            run_recipe(rest)
-        elif command == "report":
-            from gapt_ds.report import main as report_main
+def _train():
+    from gapt_ds.train import main
 
-            print(report_main(rest))
-        elif command == "export":
-            from gapt_ds.export import main as export_main
+    return main, False
 
-            print(export_main(rest))
-        else:
-            return tokenizer_main(rest)
-        return 0
-    except ValueError as err:
-        print(f"gapt-ds {command}: error: {err}", file=sys.stderr)
-        return 2
+
+def _recipe():
+    from gapt_ds.recipes.run import run_recipe
+
+    return run_recipe, False
+
+
+def _report():
+    from gapt_ds.report import main
+
+    return main, True
+
+
+def _export():
+    from gapt_ds.export import main
+
+    return main, True
+
+
+# each subcommand's (main, print its result?), imported on use: DeepSpeed is slow to import
+_COMMAND_MAINS = {"train": _train, "tokenizer": lambda: (tokenizer_main, True), "recipe": _recipe,
+                  "report": _report, "export": _export}
 
 
 def entry(argv: Optional[list[str]] = None) -> NoReturn:

@@ -19,9 +19,17 @@ GAPT_KEY = "gapt"
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @classmethod
+    def checked(cls, prefix: str, source: str = "", **values: Any):
+        """Construct from keyword values; every problem in one ValueError, with key paths under ``prefix``."""
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise ValueError(format_errors(err, prefix=prefix, source=source, model=cls)) from None
+
 
 class GateConfig(_Strict):
-    """Settings of the GAPT phase gate (spec §4); also the keyword arguments of ``PhaseGate``."""
+    """Settings of the GAPT phase gate (spec §4), the argument of ``PhaseGate``."""
 
     patience_memorize: int = Field(125, ge=1, description="p_m: steps without CE gain before compressing")
     patience_compress: int = Field(75, ge=1, description="p_c: steps without MBE gain before memorizing")
@@ -34,7 +42,10 @@ class GateConfig(_Strict):
 
 
 class GaptConfig(_Strict):
-    """The ``"gapt"`` block. ``GaptConfig()`` is the documented default used when the block is absent."""
+    """The ``"gapt"`` block. ``GaptConfig()`` is the documented default used when the block is absent.
+
+    The schema is structural: the ``algorithm`` name is checked against the registered algorithms and
+    plugins where the algorithm is built (``gapt_ds.algorithms.algorithm_class``), before DeepSpeed starts."""
 
     algorithm: str = Field("gapt", description="training algorithm: ce | mbe | gapt (or a plugin's name)")
     mbe_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="w in CE + w·MBE")
@@ -45,16 +56,6 @@ class GaptConfig(_Strict):
     phase: Literal["adaptive", "memorize", "compress"] = "adaptive"
     gate: GateConfig = GateConfig()
     alignment_every: int = Field(0, ge=0, description="gradient-alignment period in optimizer steps; 0 = off")
-
-    @field_validator("algorithm")
-    @classmethod
-    def _known_algorithm(cls, name: str) -> str:
-        from gapt_ds.algorithms import available_algorithms
-
-        names = available_algorithms()
-        if name not in names:
-            raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(names))}")
-        return name
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -83,10 +84,7 @@ class GaptConfig(_Strict):
         block = ds_config.get(GAPT_KEY, {})
         if not isinstance(block, dict):
             raise ValueError(f'"{GAPT_KEY}" must be a JSON object, got {type(block).__name__}')
-        try:
-            return cls(**block)
-        except ValidationError as err:
-            raise ValueError(format_errors(err, prefix=GAPT_KEY, source=source)) from None
+        return cls.checked(GAPT_KEY, source=source, **block)
 
     def to_ds_block(self) -> dict:
         """The block as JSON-ready dict (for writing back into a DeepSpeed config)."""

@@ -316,6 +316,7 @@ def initialize(args=None, model: Optional[nn.Module] = None, optimizer=None, mod
     cfg = GaptConfig.from_ds_config(source) if source is not None else None
     blocks = list(mbe_modules) if mbe_modules is not None else find_blocks(model)
     layer_ids = select_layers(len(blocks), cfg.layers) if cfg is not None else None
+    algorithm = build_algorithm(cfg) if cfg is not None else None  # an unknown name fails before DeepSpeed starts
     kwargs = dict(args=args, model=model, optimizer=optimizer, model_parameters=model_parameters,
                   training_data=training_data, lr_scheduler=lr_scheduler, mpu=mpu,
                   dist_init_required=dist_init_required, collate_fn=collate_fn, config=config,
@@ -326,6 +327,7 @@ def initialize(args=None, model: Optional[nn.Module] = None, optimizer=None, mod
     if cfg is None:  # e.g. a config DeepSpeed found by itself: read the block from the parsed dict
         cfg = GaptConfig.from_ds_config(engine._config._param_dict)
         layer_ids = select_layers(len(blocks), cfg.layers)
+        algorithm = build_algorithm(cfg)
     engine.__class__ = _gapt_class(type(engine))
-    engine._gapt_setup(cfg, build_algorithm(cfg), blocks, layer_ids)
+    engine._gapt_setup(cfg, algorithm, blocks, layer_ids)
     return engine, ds_optimizer, loader, scheduler

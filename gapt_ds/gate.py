@@ -3,7 +3,7 @@
 Phase 1 = memorize (loss = CE), phase 2 = compress (loss = CE + w·MBE). In a distributed run the
 caller feeds statistics already all-reduced over ranks, so every rank takes the same decision.
 
-    gate = PhaseGate(patience_memorize=125, patience_compress=75)
+    gate = PhaseGate(GateConfig(patience_memorize=125, patience_compress=75))
     phase = gate.update(ce, mbe)        # mbe: float or per-layer sequence
 """
 
@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
-from pydantic import ValidationError
-
-from gapt_ds.config import GateConfig, format_errors
+from gapt_ds.config import GateConfig
 
 MEMORIZE, COMPRESS = 1, 2
 INF = math.inf
@@ -25,13 +23,10 @@ MbeValue = Union[float, Sequence[float]]
 
 class PhaseGate:
     """Switches memorize -> compress on a CE plateau and compress -> memorize on a CE spike or an
-    MBE plateau. Keyword arguments are the ``gate`` keys of the config (``GateConfig``)."""
+    MBE plateau. ``cfg`` is the config's ``gate`` block (default: the paper's settings)."""
 
-    def __init__(self, **settings) -> None:
-        try:
-            self.cfg = GateConfig(**settings)
-        except ValidationError as err:
-            raise ValueError(format_errors(err, prefix="gate", model=GateConfig)) from None
+    def __init__(self, cfg: Optional[GateConfig] = None) -> None:
+        self.cfg = GateConfig() if cfg is None else cfg
         self.phase = MEMORIZE
         self.ce_min = INF
         self.mbe_min: list[float] = []  # per layer (mbe_any_layer) or one aggregate entry; [] = reset (∞)

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.models import PRESETS
 from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
@@ -99,6 +100,7 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     """The user's DeepSpeed JSON, validated, with TensorBoard pointed into the run directory if unset."""
     cfg = load_json(args.deepspeed_config)
     gapt = GaptConfig.from_ds_config(cfg, source=args.deepspeed_config)
+    algorithm_class(gapt.algorithm)  # an unknown algorithm fails before any work
     if isinstance(cfg.get("optimizer"), dict):
         resolve_optimizer(str(cfg["optimizer"].get("type", "")))  # an unknown name fails before any work
     if "train_micro_batch_size_per_gpu" not in cfg:
@@ -319,6 +321,6 @@ class Evaluator:
 
 
 if __name__ == "__main__":
-    from gapt_ds.cli import entry
+    from gapt_ds.runtime import run_main
 
-    entry(["train", *sys.argv[1:]])
+    sys.exit(run_main("gapt-ds train", main))

@@ -43,6 +43,13 @@ def test_round_robin_weights_one_layer_per_step_and_resumes():
     assert memorize.layer_weights(2) == [0.0, 0.0]
 
 
+def test_unknown_algorithm_names_its_key_and_the_available_ones():
+    with pytest.raises(ValueError) as err:
+        build_algorithm(GaptConfig(algorithm="sgd"))
+    line = next(l for l in str(err.value).splitlines() if l.strip().startswith("gapt.algorithm:"))
+    assert "available: ce, gapt, gapt_round_robin, mbe" in line, str(err.value)
+
+
 def algorithms_worker(rank: int, names: list[str], steps: int) -> dict:
     out = {}
     for name in names:

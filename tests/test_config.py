@@ -31,7 +31,6 @@ def test_valid_block_round_trips():
 @pytest.mark.parametrize("block, path, fragment", [
     ({"patch_szie": 8}, "gapt.patch_szie", "did you mean 'patch_size'"),
     ({"gate": {"patience_compres": 3}}, "gapt.gate.patience_compres", "did you mean 'patience_compress'"),
-    ({"algorithm": "sgd"}, "gapt.algorithm", "available: ce, gapt, gapt_round_robin, mbe"),
     ({"mbe_weight": -1}, "gapt.mbe_weight", "greater than or equal to 0"),
     ({"mbe_weight": float("nan")}, "gapt.mbe_weight", "finite"),
     ({"patch_size": 1}, "gapt.patch_size", "greater than or equal to 2"),

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from gapt_ds.config import GateConfig
 from gapt_ds.gate import COMPRESS, MEMORIZE, PhaseGate
 
 
@@ -12,7 +13,7 @@ def drive(gate, steps):
 
 
 def test_ce_plateau_enters_compression_after_patience():
-    gate = PhaseGate(patience_memorize=3, patience_compress=5, ce_delta=0.01)
+    gate = PhaseGate(GateConfig(patience_memorize=3, patience_compress=5, ce_delta=0.01))
     # 5.0 -> 4.0 improves (s_m = 0), then gains of 0.005 < δ stall.
     phases = drive(gate, [(5.0, 1.0), (4.0, 1.0), (3.995, 1.0), (3.99, 1.0)])
     assert phases == [MEMORIZE] * 4 and gate.stall_memorize == 2
@@ -22,7 +23,7 @@ def test_ce_plateau_enters_compression_after_patience():
 
 
 def test_improvement_resets_memorize_counter():
-    gate = PhaseGate(patience_memorize=3)
+    gate = PhaseGate(GateConfig(patience_memorize=3))
     drive(gate, [(5.0, 1.0), (5.0, 1.0), (5.0, 1.0)])
     assert gate.stall_memorize == 2
     gate.update(4.5, 1.0)
@@ -32,7 +33,7 @@ def test_improvement_resets_memorize_counter():
 def compressing_gate(**kw):
     settings = dict(patience_memorize=1, patience_compress=3, mbe_delta=0.01, spike_tolerance=0.1)
     settings.update(kw)
-    gate = PhaseGate(**settings)
+    gate = PhaseGate(GateConfig(**settings))
     drive(gate, [(2.0, 3.0), (2.0, 3.0)])
     assert gate.phase == COMPRESS
     return gate
@@ -79,7 +80,7 @@ def test_minima_reset_on_entering_compression():
 
 
 def test_relative_improvement():
-    gate = PhaseGate(patience_memorize=2, improvement="relative", ce_delta=0.01)
+    gate = PhaseGate(GateConfig(patience_memorize=2, improvement="relative", ce_delta=0.01))
     gate.update(10.0, 1.0)
     gate.update(9.95, 1.0)  # 0.5% < 1%
     assert gate.stall_memorize == 1
@@ -90,13 +91,13 @@ def test_relative_improvement():
 def test_state_dict_resume_gives_identical_continuation():
     script = [(5 - 0.001 * i + (1.0 if i % 17 == 0 else 0), [3 - 0.001 * i, 2 + 0.001 * (i % 5)]) for i in range(120)]
     settings = dict(patience_memorize=4, patience_compress=3, mbe_delta=0.002)
-    full = PhaseGate(**settings)
+    full = PhaseGate(GateConfig(**settings))
     expected = drive(full, script)
     assert full.switches >= 6  # the script exercises both directions several times
 
-    first = PhaseGate(**settings)
+    first = PhaseGate(GateConfig(**settings))
     drive(first, script[:55])
-    resumed = PhaseGate(**settings)
+    resumed = PhaseGate(GateConfig(**settings))
     resumed.load_state_dict(first.state_dict())
     assert drive(resumed, script[55:]) == expected[55:]
     assert resumed.state_dict() == full.state_dict()
@@ -104,7 +105,7 @@ def test_state_dict_resume_gives_identical_continuation():
 
 def test_bad_settings_and_inputs():
     with pytest.raises(ValueError) as err:
-        PhaseGate(patience_memorize=0, improvment="absolute", spike_tolerance=-1)
+        GateConfig.checked("gate", patience_memorize=0, improvment="absolute", spike_tolerance=-1)
     msg = str(err.value)
     assert "3 problems" in msg and "gate.patience_memorize" in msg and "did you mean 'improvement'" in msg
     gate = PhaseGate()

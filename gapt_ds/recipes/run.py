@@ -86,7 +86,11 @@ def _has_gpu() -> bool:
 
 def run_recipe(argv: Optional[list[str]] = None) -> Path:
     args, extra = parse_args(argv)
+    from gapt_ds.algorithms import algorithm_class
     from gapt_ds.config import GaptConfig, load_json
+
+    for arm in args.arms:  # a misspelt arm fails before the first run starts
+        algorithm_class(arm)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
