@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 
 
 def initialize(*args, **kwargs):
-    """See ``gapt_ds.engine.initialize`` (imported lazily: DeepSpeed is slow to import)."""
-    from gapt_ds.engine import initialize as _initialize
+    """``deepspeed.initialize`` with GAPT: the same arguments and return tuple, plus ``mbe_modules=``.
+    Documented at ``gapt_ds.engine.initialize_engine`` (imported on first use: DeepSpeed is slow to import)."""
+    from gapt_ds.engine import initialize_engine
 
-    return _initialize(*args, **kwargs)
+    return initialize_engine(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""GAPTEngine: a real DeepSpeed engine that adds phase-weighted MBE to the loss.
+"""The GAPT engine: a real DeepSpeed engine that adds phase-weighted MBE to the loss.
 
 Swap one call in an existing DeepSpeed loop and add a ``"gapt"`` block to the JSON:
 
@@ -10,7 +10,7 @@ Swap one call in an existing DeepSpeed loop and add a ``"gapt"`` block to the JS
         engine.step()                                       # the gate moves once per optimizer step
 
 The returned object *is* the DeepSpeed engine (its class is a subclass of DeepSpeed's, made at
-``initialize``), so ``backward``, gradient accumulation, ZeRO 0-3, bf16/fp16, ``monitor`` and
+``gapt_ds.initialize``), so ``backward``, gradient accumulation, ZeRO 0-3, bf16/fp16, ``monitor`` and
 checkpoints behave as in DeepSpeed. Per micro-batch: ``engine.last_micro`` (CE, MBE per layer, loss);
 per optimizer step: ``engine.last_step`` (all-reduced means, phase, skipped).
 """
@@ -67,8 +67,9 @@ class StepStats:
         return sum(self.mbe) / len(self.mbe)
 
 
-class GAPTEngine:
-    """Mixin placed in front of the concrete DeepSpeed engine class (see ``initialize``)."""
+class GaptEngineMixin:
+    """What gapt-ds adds to a DeepSpeed engine: a mixin placed in front of the concrete DeepSpeed engine
+    class of an initialized engine (see ``initialize_engine``)."""
 
     # -- set-up ---------------------------------------------------------------------------------
     def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, blocks: list[nn.Module], layer_ids: list[int]):
@@ -288,7 +289,8 @@ def _gapt_class(base: type) -> type:
     if base.__name__ == "PipelineEngine":
         raise ValueError("gapt-ds does not support DeepSpeed's PipelineEngine (pipeline parallelism) yet")
     if base not in _ENGINE_CLASSES:
-        _ENGINE_CLASSES[base] = type(f"GAPT{base.__name__}", (GAPTEngine, base), {"__doc__": GAPTEngine.__doc__})
+        _ENGINE_CLASSES[base] = type(f"Gapt{base.__name__}", (GaptEngineMixin, base),
+                                      {"__doc__": GaptEngineMixin.__doc__})
     return _ENGINE_CLASSES[base]
 
 
@@ -299,11 +301,11 @@ def _config_source(args: Any, config: Any, config_params: Any) -> Any:
     return None
 
 
-def initialize(args=None, model: Optional[nn.Module] = None, optimizer=None, model_parameters=None,
-               training_data=None, lr_scheduler=None, distributed_port: Optional[int] = None, mpu=None,
-               dist_init_required: Optional[bool] = None, collate_fn=None, config=None, mesh_param=None,
-               config_params=None, *, mbe_modules: Optional[Sequence[nn.Module]] = None):
-    """``deepspeed.initialize`` with GAPT: same arguments and return tuple
+def initialize_engine(args=None, model: Optional[nn.Module] = None, optimizer=None, model_parameters=None,
+                      training_data=None, lr_scheduler=None, distributed_port: Optional[int] = None, mpu=None,
+                      dist_init_required: Optional[bool] = None, collate_fn=None, config=None, mesh_param=None,
+                      config_params=None, *, mbe_modules: Optional[Sequence[nn.Module]] = None):
+    """What ``gapt_ds.initialize`` runs (call it through that name): ``deepspeed.initialize`` with GAPT: same arguments and return tuple
     ``(engine, optimizer, training_dataloader, lr_scheduler)``.
 
     The ``"gapt"`` block of the DeepSpeed config is validated before DeepSpeed starts (absent: the

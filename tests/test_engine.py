@@ -1,4 +1,4 @@
-"""GAPTEngine on 2 real DeepSpeed ranks (gloo): exactness against single-process references."""
+"""The GAPT engine on 2 real DeepSpeed ranks (gloo): exactness against single-process references."""
 
 import math
 
