@@ -21,18 +21,15 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import Any, Optional
 
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
+from gapt_ds.evaluate import Evaluator
 from gapt_ds.models import PRESETS
 from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
-
-ARITH_EVAL_SETS = {"id": (1, 3), "ood": (4, 6)}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gapt-ds train", description="Pretrain GPT-2 with GAPT under DeepSpeed.",
@@ -152,23 +149,47 @@ def main(argv: Optional[list[str]] = None) -> dict:
         shutdown_process_groups()
 
 
+@dataclass
+class Trainer:
+    """Everything the training loop touches, built by ``_setup``."""
+
+    args: argparse.Namespace
+    engine: Any
+    batches: Any
+    evaluator: Evaluator
+    log: MetricsLog
+    fingerprint: dict
+    rank: int
+    world: int
+    step: int = 0
+    micro_batches: int = 0
+    bar: Any = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.args.run_dir)
+
+
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
-    """Everything after the process group exists: data, model, engine, the training loop."""
+    """Everything after the process group exists: set-up, the training loop, the run's summary."""
+    trainer = _setup(args, ds_cfg)
+    try:
+        summary = _train(trainer)
+    finally:
+        if trainer.bar is not None:
+            trainer.bar.close()
+    if trainer.rank == 0:
+        (trainer.run_dir / "summary.json").write_text(
+            json.dumps({"step": trainer.step, "world_size": trainer.world, **summary}, indent=2))
+    return summary
+
+
+def _load_data(args: argparse.Namespace, rank: int):
+    """The tokenizer and the token cache (rank 0 builds it; the others wait, then open it)."""
     import torch.distributed as dist
 
-    import gapt_ds
-    from gapt_ds import checkpoint
-    from gapt_ds.data.batches import PackedBatches
     from gapt_ds.data.cache import build_cache
     from gapt_ds.data.tokenizers import load_tokenizer
-    from gapt_ds.models import build_gpt2, gpt2_config
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    run_dir = Path(args.run_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))
-        (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
 
     tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
@@ -177,12 +198,19 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
                     show_progress=not args.no_progress)
     dist.barrier()
     cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed, show_progress=False)
+    return tokenizer, cache
 
-    model_cfg = gpt2_config(args.model, vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, dropout=args.dropout,
+
+def _build_engine(args: argparse.Namespace, ds_cfg: dict, vocab_size: int):
+    """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine."""
+    import gapt_ds
+    from gapt_ds.models import build_gpt2, gpt2_config
+
+    model_cfg = gpt2_config(args.model, vocab_size=vocab_size, seq_len=args.seq_len, dropout=args.dropout,
                             config_json=args.model_config)
     model = build_gpt2(model_cfg, seed=args.seed, init_from=args.init_from)
-    if model.config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"tokenizer/vocab mismatch: the tokenizer has {tokenizer.vocab_size} tokens, "
+    if model.config.vocab_size < vocab_size:
+        raise ValueError(f"tokenizer/vocab mismatch: the tokenizer has {vocab_size} tokens, "
                          f"the model's vocabulary only {model.config.vocab_size}")
     if model.config.n_positions < args.seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context n_positions={model.config.n_positions}")
@@ -190,134 +218,95 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     with muon_grouping(model, engine_cfg):
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
-    del model, optimizer, params
-    try:
-        return _train(args, engine, cache, tokenizer, model_cfg, run_dir)
-    finally:
-        engine.destroy()  # before the process group goes: see GAPTEngine.destroy
+    return engine, model_cfg
 
 
-def _train(args: argparse.Namespace, engine, cache, tokenizer, model_cfg, run_dir: Path) -> dict:
-    """The training loop with evaluation and checkpoints; returns the final evaluation."""
+def _setup(args: argparse.Namespace, ds_cfg: dict) -> Trainer:
+    """Run files, data, model and engine, evaluator, then the resume (if asked)."""
     import torch.distributed as dist
 
     from gapt_ds import checkpoint
     from gapt_ds.data.batches import PackedBatches
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    run_dir = Path(args.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))
+        (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+    tokenizer, cache = _load_data(args, rank)
+    engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
     if rank == 0 and len(cache.split("val")) < val_needed:
         warnings.warn(f"the validation split has {len(cache.split('val'))} tokens, fewer than one micro-batch on every "
                       f"rank ({val_needed}): no validation CE will be logged; lower --val-every for more")
-
     fingerprint = {"data": cache.meta["source"], "tokenizer": cache.meta["tokenizer"], "seq_len": args.seq_len,
                    "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,
                    "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
     checkpoint.seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
-    ckpt_dir = run_dir / "checkpoints"
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
-    step, micro_batches = 0, 0
+    arith = args.arith_eval if args.data == "arithmetic" else 0
+    evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
+                          rank, world)
+    trainer = Trainer(args, engine, batches, evaluator, MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0),
+                      fingerprint, rank, world)
     if args.resume:
-        state = checkpoint.load(engine, ckpt_dir, fingerprint)
-        step, micro_batches = state["step"], state["micro_batches"]
-        log.write(event="resume", step=step)
-
-    tokens_per_step = gas * world * micro * args.seq_len
-    bar = None
+        state = checkpoint.load(engine, run_dir / "checkpoints", fingerprint)
+        trainer.step, trainer.micro_batches = state["step"], state["micro_batches"]
+        trainer.log.write(event="resume", step=trainer.step)
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, initial=step, desc="gapt-ds", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    evaluator = Evaluator(engine, cache, tokenizer, args, rank, world)
-    summary: dict = {}
-    while step < args.steps:
-        t0 = time.perf_counter()
-        for _ in range(gas):
-            x = batches.micro_batch_at(micro_batches).to(engine.device)
-            micro_batches += 1
-            out = engine(input_ids=x, labels=x)
-            engine.backward(out.loss)
-            engine.step()
-        step += 1
-        s = engine.last_step
-        tok_s = tokens_per_step / (time.perf_counter() - t0)
-        log.write(step=step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
-                  lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
-        if bar is not None:
-            bar.set_postfix(ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1], tok_s=f"{tok_s:,.0f}")
-            bar.update(1)
-        last = step == args.steps
-        if last or (args.eval_every and step % args.eval_every == 0):
-            summary = evaluator.run(step)
-            log.write(step=step, event="eval", **summary)
-            if bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
-        if last or (args.save_every and step % args.save_every == 0):
-            checkpoint.save(engine, ckpt_dir, step, micro_batches, fingerprint)
-    if bar is not None:
-        bar.close()
-    if rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps({"step": step, "world_size": world, **summary}, indent=2))
+        trainer.bar = tqdm(total=args.steps, initial=trainer.step, desc="gapt-ds", unit="step", dynamic_ncols=True,
+                           mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    return trainer
+
+
+def _train(t: Trainer) -> dict:
+    """The loop: optimizer steps until ``--steps``, with evaluations and checkpoints on their periods."""
+    from gapt_ds import checkpoint
+
+    args, summary = t.args, {}
+    while t.step < args.steps:
+        _optimizer_step(t)
+        last = t.step == args.steps
+        if last or (args.eval_every and t.step % args.eval_every == 0):
+            summary = _evaluate(t)
+        if last or (args.save_every and t.step % args.save_every == 0):
+            checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint)
     return summary
 
 
-class Evaluator:
-    """Validation CE/MBE on the held-out split, plus answer-only CE and exact match for arithmetic."""
+def _optimizer_step(t: Trainer) -> None:
+    """One optimizer step (``gradient_accumulation_steps`` micro-batches), logged."""
+    engine = t.engine
+    t0 = time.perf_counter()
+    for _ in range(engine.gradient_accumulation_steps()):
+        x = t.batches.micro_batch_at(t.micro_batches).to(engine.device)
+        t.micro_batches += 1
+        out = engine(input_ids=x, labels=x)
+        engine.backward(out.loss)
+        engine.step()
+    t.step += 1
+    s = engine.last_step
+    tokens = engine.gradient_accumulation_steps() * t.world * engine.train_micro_batch_size_per_gpu() * t.args.seq_len
+    tok_s = tokens / (time.perf_counter() - t0)
+    t.log.write(step=t.step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
+                lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
+    if t.bar is not None:
+        t.bar.set_postfix(ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1], tok_s=f"{tok_s:,.0f}")
+        t.bar.update(1)
 
-    def __init__(self, engine, cache, tokenizer, args, rank: int, world: int) -> None:
-        self.engine, self.cache, self.tok, self.args = engine, cache, tokenizer, args
-        self.rank, self.world = rank, world
 
-    def _sum(self, sums: list[float]) -> list[float]:
-        from gapt_ds.distributed import all_reduce_sum
-
-        return all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.engine.device)).tolist()
-
-    @torch.no_grad()
-    def run(self, step: int) -> dict:
-        from gapt_ds.data.batches import eval_batches
-
-        engine = self.engine
-        engine.eval()
-        ce = mbe = 0.0
-        n = 0
-        for x in eval_batches(self.cache.split("val"), self.args.seq_len, engine.train_micro_batch_size_per_gpu(),
-                              self.rank, self.world, self.args.eval_batches):
-            engine(input_ids=x.to(engine.device), labels=x.to(engine.device))
-            ce += engine.last_micro.ce.item()
-            mbe += sum(m.item() for m in engine.last_micro.mbe) / max(1, len(engine.last_micro.mbe))
-            n += 1
-        ce, mbe, n = self._sum([ce, mbe, n])
-        result = {"val_ce": ce / n, "val_mbe": mbe / n} if n else {}
-        if self.args.data == "arithmetic" and self.args.arith_eval:
-            result.update(self._arithmetic())
-        engine.train()
-        events = [(f"eval/{k}", v, step) for k, v in result.items()]
-        if engine.monitor.enabled and self.rank == 0:
-            engine.monitor.write_events(events)
-        return result
-
-    def _arithmetic(self) -> dict:
-        from gapt_ds.data.arithmetic import answer_batch, answer_metrics, eval_examples
-
-        out = {}
-        per_rank = self.args.arith_eval // self.world
-        for name, digits in ARITH_EVAL_SETS.items():
-            examples = eval_examples(digits, per_rank * self.world, seed=self.args.seed)[self.rank :: self.world]
-            sums = [0.0, 0.0, 0.0]
-            for i in range(0, len(examples), 64):
-                inputs, labels = answer_batch(examples[i : i + 64], self.tok)
-                logits = self.engine(input_ids=inputs.to(self.engine.device),
-                                     labels=labels.to(self.engine.device)).logits
-                for j, v in enumerate(answer_metrics(logits, labels.to(logits.device))):
-                    sums[j] += float(v)
-            ce_sum, count, exact = self._sum(sums)
-            out[f"{name}_answer_ce"] = ce_sum / max(count, 1)
-            out[f"{name}_exact_match"] = exact / max(per_rank * self.world, 1)
-        return out
+def _evaluate(t: Trainer) -> dict:
+    summary = t.evaluator.run()
+    if t.engine.monitor.enabled and t.rank == 0:
+        t.engine.monitor.write_events([(f"eval/{k}", v, t.step) for k, v in summary.items()])
+    t.log.write(step=t.step, event="eval", **summary)
+    if t.bar is not None:
+        t.bar.write(f"step {t.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    return summary
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 ID_DIGITS, OOD_DIGITS = (1, 3), (4, 6)
+EVAL_SETS = {"id": ID_DIGITS, "ood": OOD_DIGITS}  # evaluation set name -> operand digit range
 IGNORE = -100
 
 

@@ -1,5 +1,6 @@
-"""The module graph of gapt_ds is a DAG: no import cycle, counting imports inside functions and
-``__main__`` blocks (only ``if TYPE_CHECKING:`` imports are left out)."""
+"""The shape of the package: the module graph of gapt_ds is a DAG (no import cycle, counting imports
+inside functions and ``__main__`` blocks; only ``if TYPE_CHECKING:`` imports are left out), and every
+function is readable on one screen."""
 
 import ast
 from pathlib import Path
@@ -74,3 +75,17 @@ def test_gapt_ds_import_graph_is_a_dag():
 def test_only_cli_knows_the_subcommands():
     graph = import_graph()
     assert not [m for m, edges in graph.items() if "gapt_ds.cli" in edges]
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_one_screen():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not long, long
