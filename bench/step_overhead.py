@@ -50,7 +50,7 @@ def main() -> None:
     import deepspeed
 
     import gapt_ds
-    from gapt_ds.distributed import skip_cpu_shm_build
+    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
     from gapt_ds.models import build_gpt2, gpt2_config
 
     skip_cpu_shm_build()

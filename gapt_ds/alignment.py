@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gapt_ds import distributed
-from gapt_ds.checkpoint import rng_state, set_rng_state
+from gapt_ds.rng import rng_state, set_rng_state
 
 BUCKET_ELEMENTS = 2**24
 

@@ -7,44 +7,15 @@ each rank picks its own on load.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 import torch
-import torch.distributed as dist
+
+from gapt_ds import distributed
+from gapt_ds.rng import all_rng_states, set_rng_state
 
 RUN_KEY = "gapt_run"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def all_rng_states() -> list[dict]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [rng_state()]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, rng_state())
-    return states
 
 
 def save(engine, ckpt_dir: Path, step: int, micro_batches: int, fingerprint: dict) -> None:
@@ -72,8 +43,7 @@ def load(engine, ckpt_dir: Path, fingerprint: dict) -> dict:
     if path is None or not client_state or RUN_KEY not in client_state:
         raise ValueError(f"--resume: {ckpt_dir / tag} is not a gapt-ds training checkpoint (no run state)")
     run = client_state[RUN_KEY]
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    set_rng_state(run["rng"][rank])
+    set_rng_state(run["rng"][distributed.rank()])
     return run
 
 

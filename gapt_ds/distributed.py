@@ -7,11 +7,7 @@ all-reduce per selected layer and micro-batch in ``mbe_mode="global"``.
 
 from __future__ import annotations
 
-import atexit
-import gc
-import os
-import sys
-from typing import NoReturn, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,6 +25,15 @@ def world_size(group: Group = None) -> int:
 
 def rank(group: Group = None) -> int:
     return dist.get_rank(group=group) if is_distributed() else 0
+
+
+def all_gather_object(obj: Any, group: Group = None) -> list[Any]:
+    """Every rank's ``obj`` in rank order (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
 
 
 def reduce_scatter_sum(out: torch.Tensor, inp: torch.Tensor, group: Group = None) -> torch.Tensor:
@@ -51,61 +56,3 @@ def global_gram(z: torch.Tensor, group: Group = None) -> torch.Tensor:
 
     with torch.no_grad():
         return all_reduce_sum(gram(z), group)
-
-
-def skip_cpu_shm_build() -> None:
-    """On CPU, stop DeepSpeed from JIT-compiling its shared-memory comm op (~40 s on first use).
-
-    The op only serves inference all-reduce; training collectives go through torch.distributed/gloo.
-    """
-    try:
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    except (ImportError, AttributeError):  # a DeepSpeed without that op: nothing to skip
-        pass
-
-
-_had_process_groups = False
-
-
-def shutdown_process_groups() -> None:
-    """Destroy every process group now, so that their communicator threads end before interpreter shutdown.
-
-    Call after every engine was ``destroy()``-ed. ``destroy_process_group`` only unregisters the groups;
-    their threads (gloo's ``pt_gloo_runloop``/``gloo_tcp_loop``) end when the last reference goes, so
-    the references DeepSpeed caches are dropped too. A group left alive into interpreter shutdown
-    can abort the process (``terminate called without an active exception``, SIGABRT).
-    """
-    global _had_process_groups
-    if not is_distributed():
-        return
-    _had_process_groups = True
-    dist.destroy_process_group()
-    try:
-        from deepspeed.utils import groups  # DeepSpeed keeps the world group in a module global
-
-        groups._WORLD_GROUP = None
-    except (ImportError, AttributeError):
-        pass
-    gc.collect()
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a process that ran collectives: exit handlers run and stdio is flushed, then ``os._exit``.
-
-    Interpreter finalization is skipped on purpose (as ``multiprocessing`` does for its workers). Under
-    ZeRO-3 DeepSpeed keeps one process group referenced from C++ even after ``destroy()``; its gloo worker
-    thread may still be releasing a finished collective's tensors, which needs the GIL, when the interpreter
-    finalizes, and that aborts the process (SIGABRT, ``terminate called without an active exception``).
-    Without finalization there is no such window. Processes that never had a group exit normally.
-    """
-    if not _had_process_groups:
-        sys.exit(code)
-    atexit._run_exitfuncs()  # logging.shutdown, user handlers: what finalization would have run first
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing left to save
-            pass
-    os._exit(code)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import deepspeed
-from deepspeed.runtime.torch_autocast import autocast_if_enabled
 import torch
 from deepspeed.utils import logger
 from torch import nn
@@ -31,12 +30,12 @@ from gapt_ds import distributed
 from gapt_ds.algorithms import Algorithm, build_algorithm
 from gapt_ds.alignment import AlignmentMonitor
 from gapt_ds.config import GaptConfig
-from gapt_ds.gate import COMPRESS
+from gapt_ds.deepspeed_compat import autocast, parsed_config
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
+from gapt_ds.metrics import MetricsWriter, step_scalars
 from gapt_ds.skip import forced_overflow
 
 STATE_KEY = "gapt"  # key of gapt-ds's state inside DeepSpeed's client_state
-TB_PREFIX = "gapt/"
 
 
 @dataclass
@@ -61,6 +60,7 @@ class StepStats:
     next_phase: int
     skipped: bool
     alignment: dict[str, float] = field(default_factory=dict)  # cos(∇CE, ∇MBE) when measured this step
+    mbe_weights: list[float] = field(default_factory=list)  # weight of each layer's MBE in the loss, as applied
 
     @property
     def mbe_mean(self) -> float:
@@ -85,12 +85,14 @@ class GaptEngineMixin:
         self.last_step: Optional[StepStats] = None
         self.gapt_skipped_steps = 0
         self._warned_uneven = False
+        self._metrics = MetricsWriter(self.monitor, self.global_rank)
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:
         self._acc: Optional[torch.Tensor] = None  # [ce_sum, mbe_sum per layer] on the device, no sync
         self._acc_micro = 0
         self._acc_windows = 0
+        self._acc_weights = [0.0] * len(self.mbe_layer_ids)  # Σ over micro-batches of the applied weights
         self._acc_phase = self.algorithm.phase
 
     @property
@@ -121,22 +123,23 @@ class GaptEngineMixin:
         loss = self.algorithm.loss(ce, mbe, weights) if training else ce
         self.last_micro = MicroBatchStats(ce.detach(), [m.detach() for m in mbe], loss.detach(), self.phase)
         if training:
-            self._accumulate(ce.detach(), layers)
+            self._accumulate(ce.detach(), layers, weights)
         return _with_loss(out, loss)
 
     def _measurement_losses(self, inputs, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """A forward for the alignment monitor: (CE, mean MBE of the selected layers), both with graphs.
         It calls the module itself (under DeepSpeed's autocast, if configured): DeepSpeed's forward would
         hook the output for ``engine.backward`` and refuse ``autograd.grad``."""
-        with self._mbe.capture([1.0] * len(self.mbe_layer_ids)) as layers, autocast_if_enabled(self):
+        with self._mbe.capture([1.0] * len(self.mbe_layer_ids)) as layers, autocast(self):
             out = self.module(*inputs, **kwargs)
         return _task_loss(out), torch.stack([r.value for r in layers]).mean()
 
-    def _accumulate(self, ce: torch.Tensor, layers) -> None:
+    def _accumulate(self, ce: torch.Tensor, layers, weights: list[float]) -> None:
         row = torch.stack([ce.float(), *[r.local_sum.float() for r in layers]])
         self._acc = row if self._acc is None else self._acc + row
         self._acc_micro += 1
         self._acc_windows += layers[0].count
+        self._acc_weights = [a + w for a, w in zip(self._acc_weights, weights)]
 
     # -- optimizer step ---------------------------------------------------------------------------
     def step(self, lr_kwargs=None):
@@ -159,8 +162,7 @@ class GaptEngineMixin:
                 logger.warning(f"gapt-ds: non-finite CE ({ce}) or MBE ({mbe}) on some rank at step "
                                f"{self.global_steps}: optimizer step skipped on every rank")
         self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, not finite,
-                                   self._pending_alignment)
-        logs.update({f"align/{k}": v for k, v in self._pending_alignment.items()})
+                                   self._pending_alignment, [w / self._acc_micro for w in self._acc_weights])
         self._pending_alignment = {}
         self._write_events(self.last_step, logs, own_norm)
         self._reset_accumulators()
@@ -190,19 +192,12 @@ class GaptEngineMixin:
         return ce_sum / micro, [s / windows for s in mbe_sums]
 
     def _write_events(self, stats: StepStats, extra: dict[str, float], own_norm: Optional[float]) -> None:
-        if not (self.monitor.enabled and self.global_rank == 0):
+        if self._metrics.monitor is None:
             return
-        step = stats.step
-        events = [("ce", stats.ce), ("mbe_mean", stats.mbe_mean), ("phase", stats.phase),
-                  ("mbe_weight", self.gapt_config.mbe_weight if stats.phase == COMPRESS else 0.0),
-                  ("lr", self.get_lr()[0]), ("skipped_steps", self.gapt_skipped_steps)]
-        events += [(f"mbe/layer_{i}", v) for i, v in zip(self.mbe_layer_ids, stats.mbe)]
         grad_norm = self.get_global_grad_norm()
-        grad_norm = own_norm if grad_norm is None else grad_norm
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            events.append(("grad_norm", float(grad_norm)))
-        events += list(extra.items())
-        self.monitor.write_events([(TB_PREFIX + tag, float(v), step) for tag, v in events])
+        scalars = step_scalars(stats, self.mbe_layer_ids, self.get_lr()[0], self.gapt_skipped_steps,
+                               own_norm if grad_norm is None else grad_norm, extra)
+        self._metrics.scalars(scalars, stats.step)
 
     # -- teardown ---------------------------------------------------------------------------------
     def destroy(self) -> None:
@@ -327,7 +322,7 @@ def initialize_engine(args=None, model: Optional[nn.Module] = None, optimizer=No
         kwargs["distributed_port"] = distributed_port
     engine, ds_optimizer, loader, scheduler = deepspeed.initialize(**kwargs)
     if cfg is None:  # e.g. a config DeepSpeed found by itself: read the block from the parsed dict
-        cfg = GaptConfig.from_ds_config(engine._config._param_dict)
+        cfg = GaptConfig.from_ds_config(parsed_config(engine))
         layer_ids = select_layers(len(blocks), cfg.layers)
         algorithm = build_algorithm(cfg)
     engine.__class__ = _gapt_class(type(engine))

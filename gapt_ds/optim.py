@@ -42,7 +42,7 @@ import difflib
 import inspect
 import logging
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -233,23 +233,8 @@ def muon_grouping(model: nn.Module, ds_config: dict) -> Iterator[None]:
     if not is_muon(ds_config):
         yield
         return
-    import deepspeed
+    from gapt_ds.deepspeed_compat import after_optimizer_flags
 
     tag_muon(model)
-    original = deepspeed.set_optimizer_flags
-    applied: list[bool] = []
-
-    def set_optimizer_flags(config_class: Any, m: nn.Module) -> None:
-        original(config_class, m)
-        if m is model:
-            tag_muon(model)
-            applied.append(True)
-
-    deepspeed.set_optimizer_flags = set_optimizer_flags
-    try:
+    with after_optimizer_flags(model, lambda: tag_muon(model), purpose="the Muon grouping"):
         yield
-    finally:
-        deepspeed.set_optimizer_flags = original
-    if not applied:
-        raise RuntimeError("gapt-ds: this DeepSpeed did not tag parameters through deepspeed.set_optimizer_flags, "
-                           "so the Muon grouping could not be applied; check gapt_ds.optim against it")

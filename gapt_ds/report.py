@@ -18,17 +18,19 @@ from typing import Optional
 
 import pandas as pd
 
-# (column, where it comes from, lower is better?)
+from gapt_ds import metrics as tags
+
+# (column, (tag, "last" value or "min" over the run), lower is better?)
 METRICS = [
-    ("val_ce (final)", "eval/val_ce:last", True),
-    ("val_ce (best)", "eval/val_ce:min", True),
-    ("train MBE (final)", "gapt/mbe_mean:last", True),
-    ("ID answer-CE", "eval/id_answer_ce:last", True),
-    ("OOD answer-CE", "eval/ood_answer_ce:last", True),
-    ("ID exact match", "eval/id_exact_match:last", False),
-    ("OOD exact match", "eval/ood_exact_match:last", False),
-    ("separation", "eval/separation:last", False),
-    ("forgetting", "eval/forgetting:last", True),
+    ("val_ce (final)", (tags.eval_tag("val_ce"), "last"), True),
+    ("val_ce (best)", (tags.eval_tag("val_ce"), "min"), True),
+    ("train MBE (final)", (tags.MBE_MEAN, "last"), True),
+    ("ID answer-CE", (tags.eval_tag("id_answer_ce"), "last"), True),
+    ("OOD answer-CE", (tags.eval_tag("ood_answer_ce"), "last"), True),
+    ("ID exact match", (tags.eval_tag("id_exact_match"), "last"), False),
+    ("OOD exact match", (tags.eval_tag("ood_exact_match"), "last"), False),
+    ("separation", (tags.eval_tag("separation"), "last"), False),
+    ("forgetting", (tags.eval_tag("forgetting"), "last"), True),
 ]
 
 
@@ -44,8 +46,8 @@ class Run:
         rows = self.scalars[self.scalars["tag"] == tag]
         return rows.set_index("step")["value"].sort_index()
 
-    def metric(self, spec: str) -> Optional[float]:
-        tag, how = spec.split(":")
+    def metric(self, spec: tuple[str, str]) -> Optional[float]:
+        tag, how = spec
         s = self.series(tag)
         if s.empty:
             return None
@@ -89,27 +91,27 @@ def plot_run(run: Run, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tags = set(run.scalars["tag"])
-    align = sorted(t for t in tags if t.startswith("gapt/align/"))
+    logged = set(run.scalars["tag"])
+    align = sorted(t for t in logged if t.startswith(tags.ALIGN))
     panels = 3 if align else 2
     fig, axes = plt.subplots(panels, 1, figsize=(9, 2.6 * panels), sharex=True)
-    phase = run.series("gapt/phase")
+    phase = run.series(tags.PHASE)
     ax = axes[0]
-    ax.plot(run.series("gapt/ce"), label="train CE", lw=1)
-    if "eval/val_ce" in tags:
-        ax.plot(run.series("eval/val_ce"), "o-", label="validation CE", ms=3)
+    ax.plot(run.series(tags.CE), label="train CE", lw=1)
+    if tags.eval_tag("val_ce") in logged:
+        ax.plot(run.series(tags.eval_tag("val_ce")), "o-", label="validation CE", ms=3)
     ax.set_ylabel("loss (nats)")
     ax.legend(loc="upper right", fontsize=8)
     ax = axes[1]
-    for tag in sorted(t for t in tags if t.startswith("gapt/mbe/layer_")):
+    for tag in sorted(t for t in logged if t.startswith(tags.MBE_LAYER)):
         ax.plot(run.series(tag), lw=0.8, alpha=0.7, label=tag.rsplit("/", 1)[-1])
-    ax.plot(run.series("gapt/mbe_mean"), "k", lw=1.5, label="mean")
+    ax.plot(run.series(tags.MBE_MEAN), "k", lw=1.5, label="mean")
     ax.set_ylabel("MBE (nats)")
     ax.legend(loc="upper right", fontsize=7, ncol=4)
     if align:
         ax = axes[2]
         for tag in align:
-            ax.plot(run.series(tag), lw=1, label=tag.removeprefix("gapt/align/"))
+            ax.plot(run.series(tag), lw=1, label=tag.removeprefix(tags.ALIGN))
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylabel("cos(∇CE, ∇MBE)")
         ax.legend(loc="upper right", fontsize=7, ncol=3)

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.evaluate import Evaluator
+from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS
 from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
 
@@ -111,25 +112,13 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     return cfg, gapt
 
 
-class MetricsLog:
-    """``metrics.jsonl`` in the run directory, written by rank 0."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.file = open(path, "a") if enabled else None
-
-    def write(self, **record) -> None:
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     ds_cfg, _ = resolve_ds_config(args)
     import deepspeed
     import torch.distributed as dist
 
-    from gapt_ds.distributed import shutdown_process_groups, skip_cpu_shm_build
+    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         skip_cpu_shm_build()
@@ -157,7 +146,7 @@ class Trainer:
     engine: Any
     batches: Any
     evaluator: Evaluator
-    log: MetricsLog
+    log: MetricsWriter
     fingerprint: dict
     rank: int
     world: int
@@ -176,6 +165,7 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     try:
         summary = _train(trainer)
     finally:
+        trainer.log.close()
         if trainer.bar is not None:
             trainer.bar.close()
     if trainer.rank == 0:
@@ -227,6 +217,7 @@ def _setup(args: argparse.Namespace, ds_cfg: dict) -> Trainer:
 
     from gapt_ds import checkpoint
     from gapt_ds.data.batches import PackedBatches
+    from gapt_ds.rng import seed_everything
 
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(args.run_dir)
@@ -245,16 +236,16 @@ def _setup(args: argparse.Namespace, ds_cfg: dict) -> Trainer:
     fingerprint = {"data": cache.meta["source"], "tokenizer": cache.meta["tokenizer"], "seq_len": args.seq_len,
                    "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,
                    "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
-    checkpoint.seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
+    seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
     arith = args.arith_eval if args.data == "arithmetic" else 0
     evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
                           rank, world)
-    trainer = Trainer(args, engine, batches, evaluator, MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0),
-                      fingerprint, rank, world)
+    log = MetricsWriter(engine.monitor, rank, jsonl=run_dir / "metrics.jsonl")
+    trainer = Trainer(args, engine, batches, evaluator, log, fingerprint, rank, world)
     if args.resume:
         state = checkpoint.load(engine, run_dir / "checkpoints", fingerprint)
         trainer.step, trainer.micro_batches = state["step"], state["micro_batches"]
-        trainer.log.write(event="resume", step=trainer.step)
+        trainer.log.record(event="resume", step=trainer.step)
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
 
@@ -292,8 +283,8 @@ def _optimizer_step(t: Trainer) -> None:
     s = engine.last_step
     tokens = engine.gradient_accumulation_steps() * t.world * engine.train_micro_batch_size_per_gpu() * t.args.seq_len
     tok_s = tokens / (time.perf_counter() - t0)
-    t.log.write(step=t.step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
-                lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
+    t.log.record(step=t.step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
+                 mbe_weights=s.mbe_weights, lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
     if t.bar is not None:
         t.bar.set_postfix(ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1], tok_s=f"{tok_s:,.0f}")
         t.bar.update(1)
@@ -301,9 +292,7 @@ def _optimizer_step(t: Trainer) -> None:
 
 def _evaluate(t: Trainer) -> dict:
     summary = t.evaluator.run()
-    if t.engine.monitor.enabled and t.rank == 0:
-        t.engine.monitor.write_events([(f"eval/{k}", v, t.step) for k, v in summary.items()])
-    t.log.write(step=t.step, event="eval", **summary)
+    t.log.evaluation(summary, t.step)
     if t.bar is not None:
         t.bar.write(f"step {t.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return summary

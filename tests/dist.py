@@ -21,7 +21,7 @@ def _bootstrap(rank: int, world: int, port: int, worker: Callable, out_dir: str,
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from gapt_ds.distributed import skip_cpu_shm_build
+    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
 
     skip_cpu_shm_build()
     result = worker(rank, **kwargs)

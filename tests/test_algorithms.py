@@ -55,12 +55,13 @@ def algorithms_worker(rank: int, names: list[str], steps: int) -> dict:
     for name in names:
         gapt = {"algorithm": name, "mbe_weight": 0.5, "gate": w.FAST_GATE}
         engine = w.make_engine(w.ds_config(2, gapt=gapt))
-        losses, phases = [], []
+        losses, phases, weights = [], [], []
         for s in range(steps):
             losses.append(w.train_step(engine, s, rank)[0])
             phases.append(engine.last_step.phase)
+            weights.append(engine.last_step.mbe_weights)
         out[name] = {"losses": losses, "phases": phases, "class": type(engine.algorithm).__name__,
-                     "mbe": engine.last_step.mbe}
+                     "mbe": engine.last_step.mbe, "weights": weights}
     return out
 
 
@@ -83,3 +84,15 @@ def test_every_algorithm_and_an_entry_point_plugin_train_at_two_ranks(tmp_path):
     assert r0["every_other"]["phases"] == [1, 2, 1, 2, 1, 2, 1, 2]
     assert {1, 2} <= set(r0["gapt"]["phases"])
     assert r0["mbe"]["mbe"][0] < r0["ce"]["mbe"][0]  # always compressing lowers MBE against the baseline
+    # the logged weights are the ones applied: w split over the 2 layers, or all of w on one layer in turn
+    for name in names:
+        for phase, weights in zip(r0[name]["phases"], r0[name]["weights"]):
+            if phase == 1:
+                assert weights == [0.0, 0.0], name
+            elif name == "gapt_round_robin":
+                assert sorted(weights) == [0.0, 0.5], weights
+            else:
+                assert weights == [0.25, 0.25], (name, weights)
+    rr = r0["gapt_round_robin"]
+    compress_turns = [i for i, p in enumerate(rr["phases"]) if p == 2]
+    assert [rr["weights"][i].index(0.5) for i in compress_turns] == [i % 2 for i in compress_turns]

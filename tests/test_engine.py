@@ -65,6 +65,7 @@ def test_ranks_with_different_data_share_one_phase_sequence(tmp_path):
     expected = {"gapt/ce", "gapt/mbe_mean", "gapt/mbe/layer_1", "gapt/mbe/layer_2", "gapt/phase",
                 "gapt/mbe_weight", "gapt/lr", "gapt/grad_norm", "gapt/skipped_steps"}
     assert expected <= tags, expected - tags
+    assert {"gapt/mbe_weight/layer_1", "gapt/mbe_weight/layer_2"} <= tags  # the weights applied per layer
     phase = scalars[scalars["tag"] == "gapt/phase"].sort_values("step")
     assert list(phase["step"]) == list(range(1, steps + 1)) and list(phase["value"]) == r0["phase_used"]
     ce = scalars[scalars["tag"] == "gapt/ce"].sort_values("step")

@@ -108,7 +108,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     import gapt_ds
     from gapt_ds.config import GaptConfig, load_json
-    from gapt_ds.distributed import skip_cpu_shm_build
+    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
+    from gapt_ds.metrics import MetricsWriter, eval_tag
 
     cfg = load_json(args.deepspeed_config) if args.deepspeed_config else copy.deepcopy(DS_CONFIG)
     cfg.setdefault("gapt", {})["algorithm"] = args.arm
@@ -153,8 +154,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "phase_switches": engine.gate.switches if engine.gate else 0}
     if rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if engine.monitor.enabled:
-            engine.monitor.write_events([(f"eval/{k}", float(v), engine.global_steps) for k, v in summary.items()])
+        MetricsWriter(engine.monitor, rank).scalars({eval_tag(k): v for k, v in summary.items()}, engine.global_steps)
     return summary
 
 

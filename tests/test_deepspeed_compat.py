@@ -1,0 +1,67 @@
+"""Each DeepSpeed internal gapt-ds relies on (gapt_ds/deepspeed_compat.py, gapt_ds/skip.py), checked
+against the installed DeepSpeed: a release that changes one fails here, by name."""
+
+import inspect
+import json
+
+import pytest
+
+import engine_workers as w
+from dist import run_ranks
+from gapt_ds import deepspeed_compat
+
+
+def config_from_args_worker(rank: int, path: str) -> dict:
+    import argparse
+
+    import gapt_ds
+
+    model = w.tiny_model()
+    args = argparse.Namespace(deepscale_config=path, local_rank=rank)  # gapt-ds does not read this name itself
+    engine, *_ = gapt_ds.initialize(args=args, model=model, model_parameters=model.parameters())
+    return {"algorithm": engine.algorithm.name, "layers": engine.mbe_layer_ids,
+            "parsed": deepspeed_compat.parsed_config(engine)}
+
+
+@pytest.mark.distributed
+def test_parsed_config_is_the_config_deepspeed_found_by_itself(tmp_path):
+    cfg = w.ds_config(gapt={"algorithm": "ce", "layers": [2]})
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg))
+    (r0,) = run_ranks(config_from_args_worker, tmp_path / "out", world=1, path=str(path))
+    assert r0["parsed"]["gapt"] == cfg["gapt"]
+    assert r0["algorithm"] == "ce" and r0["layers"] == [2]
+
+
+def test_initialize_tags_parameters_through_set_optimizer_flags():
+    import deepspeed
+
+    assert callable(deepspeed.set_optimizer_flags)
+    assert "set_optimizer_flags(" in inspect.getsource(deepspeed.initialize)
+
+
+def test_the_shm_comm_op_can_be_switched_off():
+    import deepspeed.ops
+
+    assert "deepspeed_shm_comm" in deepspeed.ops.__compatible_ops__
+    deepspeed_compat.skip_cpu_shm_build()
+    assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is False
+
+
+def test_autocast_context_exists():
+    from deepspeed.runtime.torch_autocast import autocast_if_enabled
+
+    assert list(inspect.signature(autocast_if_enabled).parameters) == ["engine"]
+
+
+def test_the_overflow_paths_skip_py_uses_exist():
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    for name in ("_overflow_check_and_loss_scale_update", "_loss_scale_update_and_overflow_cleanup"):
+        assert callable(getattr(DeepSpeedZeroOptimizer_Stage3, name, None)), name
+    assert callable(getattr(DeepSpeedZeroOptimizer, "has_overflow", None))
+    assert "check_grad_overflow" in inspect.signature(DeepSpeedZeroOptimizer.__init__).parameters
+    for name in ("clear_hp_grads", "clear_lp_grads"):
+        assert callable(getattr(BF16_Optimizer, name, None)), name
