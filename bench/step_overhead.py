@@ -2,7 +2,7 @@
 
 Both engines hold identical GPT-2 copies and the same DeepSpeed config; their steps are interleaved
 (A, B, A, B, ...) in one process so that machine noise hits both alike. Prints the medians and
-the ratio GAPT / plain. Targets (issue 3): <= 1.02 at the small CPU shape, <= 1.01 at 124M widths.
+the ratio GAPT / plain. Targets: <= 1.02 at the small CPU shape, <= 1.01 at 124M widths.
 
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python bench/step_overhead.py                 # L=6 D=384 S=256 B=8
     ... bench/step_overhead.py --aa                           # A/A control: two plain engines (noise floor)
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 
@@ -45,15 +44,18 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533").items():
-        os.environ.setdefault(key, value)
+    from gapt_ds import runtime
+
+    with runtime.process_group(master_port="29533"):
+        bench(args)
+
+
+def bench(args: argparse.Namespace) -> None:
     import deepspeed
 
     import gapt_ds
-    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
     from gapt_ds.models import build_gpt2, gpt2_config
 
-    skip_cpu_shm_build()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = gpt2_config(vocab_size=args.vocab, seq_len=args.seq, n_layer=args.layers, n_embd=args.dim, n_head=args.heads)
     ds = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,

@@ -27,6 +27,18 @@ def rank(group: Group = None) -> int:
     return dist.get_rank(group=group) if is_distributed() else 0
 
 
+def barrier(group: Group = None) -> None:
+    """All ranks meet (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier(group=group)
+
+
+def destroy() -> None:
+    """Destroy the default process group, if there is one."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def all_gather_object(obj: Any, group: Group = None) -> list[Any]:
     """Every rank's ``obj`` in rank order (``[obj]`` in a single process)."""
     if not is_distributed():

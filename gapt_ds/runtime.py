@@ -1,14 +1,28 @@
-"""The process around a gapt-ds command: exit status and user-error reporting.
+"""The process around a gapt-ds command: exit status, the process group's life, and the run's metadata.
 
-``run_main`` is what every entry point (``gapt-ds SUBCOMMAND``, ``python -m gapt_ds.train`` under a
-launcher, ``python -m gapt_ds.recipes.forgetting``) runs its ``main`` through, so a user mistake
-(a ``ValueError``) always ends as ``PROG: error: MESSAGE`` on stderr with exit status 2.
+Every entry point (``gapt-ds SUBCOMMAND``, ``python -m gapt_ds.train`` under a launcher,
+``python -m gapt_ds.recipes.forgetting``, the benchmarks) goes through here:
+
+    with process_group():               # env defaults, CPU set-up, init; barrier and teardown at exit
+        write_run_meta(run_dir, ds_config, vars(args))
+        ...
+
+``run_main`` turns a user mistake (a ``ValueError``) into ``PROG: error: MESSAGE`` and exit status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
-from typing import Any, Callable, Optional
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from gapt_ds import distributed
+
+DEFAULT_MASTER_PORT = "29500"
 
 
 def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[str]] = None,
@@ -23,3 +37,46 @@ def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[st
     if show:
         print(result)
     return 0
+
+
+def set_env_defaults(master_port: str = DEFAULT_MASTER_PORT) -> None:
+    """What a launcher sets, for a process started without one: a single rank on this host."""
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=master_port).items():
+        os.environ.setdefault(key, value)
+
+
+def prepare_process(master_port: str = DEFAULT_MASTER_PORT) -> None:
+    """Before DeepSpeed starts: env defaults, no JIT build of DeepSpeed's CPU shm op, quiet known warnings."""
+    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
+
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        skip_cpu_shm_build()
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")  # DeepSpeed's own call, not ours
+    set_env_defaults(master_port)
+
+
+@contextlib.contextmanager
+def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
+    """``prepare_process``, then DeepSpeed's process group for the block. On success every rank meets at
+    a barrier; in any case the group is destroyed before the process exits."""
+    import deepspeed
+
+    prepare_process(master_port)
+    deepspeed.init_distributed()
+    try:
+        yield
+        distributed.barrier()
+    finally:
+        # an exit with a live gloo/NCCL group can abort at interpreter teardown (SIGABRT on a worker)
+        distributed.destroy()
+
+
+def write_run_meta(run_dir: Path, ds_config: dict, args: dict) -> None:
+    """Rank 0 writes ``run_dir/ds_config.json`` (the resolved config) and ``run_dir/args.json`` (the
+    arguments, ``"recipe"`` included when a recipe ran it): what ``gapt-ds report``/``export`` read."""
+    if distributed.rank() != 0:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    (run_dir / "args.json").write_text(json.dumps(args, indent=2))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from gapt_ds import distributed, runtime
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.evaluate import Evaluator
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
     t.add_argument("--seed", type=int, default=0, help="model init, data order and per-rank RNG")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--recipe", default=None, help="recipe this run belongs to, recorded in args.json for gapt-ds report "
+                   "(set by gapt-ds recipe)")
     return p
 
 
@@ -115,27 +118,8 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     ds_cfg, _ = resolve_ds_config(args)
-    import deepspeed
-    import torch.distributed as dist
-
-    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
-
-    if os.environ.get("DS_ACCELERATOR") == "cpu":
-        skip_cpu_shm_build()
-    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")  # DeepSpeed's own call, not ours
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", "29500")
-    deepspeed.init_distributed()
-    try:
-        summary = _run(args, ds_cfg)
-        dist.barrier()
-        return summary
-    except BaseException as err:  # its frames would keep the engine, and so the process groups, alive
-        traceback.clear_frames(err.__traceback__)
-        raise
-    finally:
-        shutdown_process_groups()
+    with runtime.process_group():
+        return _run(args, ds_cfg)
 
 
 @dataclass
@@ -176,8 +160,6 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
 
 def _load_data(args: argparse.Namespace, rank: int):
     """The tokenizer and the token cache (rank 0 builds it; the others wait, then open it)."""
-    import torch.distributed as dist
-
     from gapt_ds.data.cache import build_cache
     from gapt_ds.data.tokenizers import load_tokenizer
 
@@ -186,7 +168,7 @@ def _load_data(args: argparse.Namespace, rank: int):
     if rank == 0:
         build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
                     show_progress=not args.no_progress)
-    dist.barrier()
+    distributed.barrier()
     cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed, show_progress=False)
     return tokenizer, cache
 
@@ -213,18 +195,13 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, vocab_size: int):
 
 def _setup(args: argparse.Namespace, ds_cfg: dict) -> Trainer:
     """Run files, data, model and engine, evaluator, then the resume (if asked)."""
-    import torch.distributed as dist
-
     from gapt_ds import checkpoint
     from gapt_ds.data.batches import PackedBatches
     from gapt_ds.rng import seed_everything
 
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(args.run_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))
-        (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+    runtime.write_run_meta(run_dir, ds_cfg, vars(args))
     tokenizer, cache = _load_data(args, rank)
     engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
@@ -299,6 +276,4 @@ def _evaluate(t: Trainer) -> dict:
 
 
 if __name__ == "__main__":
-    from gapt_ds.runtime import run_main
-
-    sys.exit(run_main("gapt-ds train", main))
+    sys.exit(runtime.run_main("gapt-ds train", main))

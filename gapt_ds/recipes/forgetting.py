@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from gapt_ds import runtime
+
+MASTER_PORT = "29511"  # without a launcher; gapt-ds recipe sets a free one per run
 
 DS_CONFIG = {
     "train_micro_batch_size_per_gpu": 64,
@@ -104,31 +108,35 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    args = parse_args(argv)
-    import gapt_ds
+def resolve_ds_config(args: argparse.Namespace) -> dict:
+    """The recipe's (or the given) DeepSpeed config with the arm's algorithm and TensorBoard in the run dir."""
     from gapt_ds.config import GaptConfig, load_json
-    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
-    from gapt_ds.metrics import MetricsWriter, eval_tag
 
     cfg = load_json(args.deepspeed_config) if args.deepspeed_config else copy.deepcopy(DS_CONFIG)
     cfg.setdefault("gapt", {})["algorithm"] = args.arm
     GaptConfig.from_ds_config(cfg, source=args.deepspeed_config or "the forgetting recipe")
-    run_dir = Path(args.run_dir)
-    cfg["tensorboard"] = {"enabled": True, "output_path": str(run_dir), "job_name": "tensorboard"}
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511").items():
-        os.environ.setdefault(key, value)
-    if os.environ.get("DS_ACCELERATOR") == "cpu":
-        skip_cpu_shm_build()
+    cfg["tensorboard"] = {"enabled": True, "output_path": str(Path(args.run_dir)), "job_name": "tensorboard"}
+    return cfg
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    cfg = resolve_ds_config(args)
+    with runtime.process_group(master_port=MASTER_PORT):
+        runtime.write_run_meta(Path(args.run_dir), cfg, {**vars(args), "recipe": "forgetting"})
+        return _run(args, cfg)
+
+
+def _run(args: argparse.Namespace, cfg: dict) -> dict:
+    """Train on A, then on B; evaluate after each; write ``summary.json`` and the ``eval/`` scalars."""
+    import gapt_ds
+    from gapt_ds.metrics import MetricsWriter, eval_tag
+
     torch.manual_seed(args.seed)
     model, tasks = MLP(), Tasks(args.seed)
     engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=cfg,
                                     mbe_modules=[model.act])
     rank = engine.global_rank
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "ds_config.json").write_text(json.dumps(cfg, indent=2))
-        (run_dir / "args.json").write_text(json.dumps({**vars(args), "recipe": "forgetting"}, indent=2))
     g = torch.Generator().manual_seed(1000 + args.seed * 100 + rank)
     held_out = {t: tasks.sample(t, 2000, torch.Generator().manual_seed(7 + args.seed)) for t in "AB"}
     batch = engine.train_micro_batch_size_per_gpu()
@@ -153,16 +161,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                "forgetting": final["l1_A"] - after_a["l1_A"], "separation": sep,
                "phase_switches": engine.gate.switches if engine.gate else 0}
     if rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        MetricsWriter(engine.monitor, rank).scalars({eval_tag(k): v for k, v in summary.items()}, engine.global_steps)
+        (Path(args.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    MetricsWriter(engine.monitor, rank).scalars({eval_tag(k): v for k, v in summary.items()}, engine.global_steps)
     return summary
 
 
 if __name__ == "__main__":
-    import torch.distributed as dist
-
-    try:
-        main()
-    finally:  # tear the process group down before exit (a live gloo group can abort at teardown)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    sys.exit(runtime.run_main("gapt-ds recipe forgetting", main))

@@ -113,12 +113,9 @@ def run_recipe(argv: Optional[list[str]] = None) -> Path:
                 config.write_text(json.dumps(cfg, indent=2))
                 launcher, env = _launcher(args.ranks)
                 cmd = [*launcher, "gapt_ds.train", "--deepspeed_config", str(config), *defaults, "--seed", str(seed),
-                       "--run-dir", str(run_dir), "--no-progress", *extra]
+                       "--run-dir", str(run_dir), "--no-progress", "--recipe", args.name, *extra]
             print(f"[recipe {args.name}] {arm} seed {seed} -> {run_dir}", flush=True)
             subprocess.run(cmd, check=True, env={k: v for k, v in env.items() if v != ""})
-            args_file = run_dir / "args.json"
-            recorded = json.loads(args_file.read_text())
-            args_file.write_text(json.dumps({**recorded, "recipe": args.name}, indent=2))
     from gapt_ds.report import main as report
 
     md = report([*run_dirs, "--out", str(out / "report")])
