@@ -18,30 +18,50 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-ROOT_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
 
-# recipe -> (DeepSpeed config, default `gapt-ds train` arguments); "forgetting" runs its own script
-RECIPES: dict[str, tuple[str, list[str]]] = {
-    "arithmetic": ("recipes/arithmetic.json",
-                   ["--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64",
-                    "--steps", "1000", "--eval-every", "200", "--save-every", "0", "--arith-eval", "512"]),
-    "text-cpu": ("cpu_default.json", ["--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every", "100",
-                                      "--save-every", "0", "--arith-eval", "0"]),
-    "fineweb": ("single_node_zero1_bf16.json",
-                ["--data", "hf:HuggingFaceFW/fineweb:sample-10BT", "--max-tokens", "800000000", "--model", "124m",
-                 "--seq-len", "1024", "--steps", "1750", "--eval-every", "250", "--save-every", "500",
-                 "--arith-eval", "0"]),
-    "forgetting": ("", []),
-    # §1/§5: CE-only training with the gradient-alignment monitor, to watch cos(∇CE, ∇MBE) change sign
-    "cycle": ("recipes/cycle.json",
-              ["--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64",
-               "--steps", "600", "--eval-every", "200", "--save-every", "0", "--arith-eval", "256"]),
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment. ``config``: a shipped DeepSpeed config (``ds_configs/``, installed as package data)
+    and ``args``: default ``gapt-ds train`` arguments, run under the ``deepspeed`` launcher; or
+    ``module``: a script of its own (it has its own config), run as ``python -m MODULE``."""
+
+    config: str = ""
+    args: tuple[str, ...] = ()
+    module: str = ""
+    arms: tuple[str, ...] = ("ce", "gapt")
+
+
+_ARITHMETIC = ("--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "64")
+RECIPES: dict[str, Recipe] = {
+    "arithmetic": Recipe("recipes/arithmetic.json", (*_ARITHMETIC, "--steps", "1000", "--eval-every", "200",
+                                                     "--save-every", "0", "--arith-eval", "512")),
+    "text-cpu": Recipe("cpu_default.json", ("--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every",
+                                            "100", "--save-every", "0", "--arith-eval", "0")),
+    "fineweb": Recipe("single_node_zero1_bf16.json",
+                      ("--data", "hf:HuggingFaceFW/fineweb:sample-10BT", "--max-tokens", "800000000", "--model", "124m",
+                       "--seq-len", "1024", "--steps", "1750", "--eval-every", "250", "--save-every", "500",
+                       "--arith-eval", "0")),
+    "forgetting": Recipe(module="gapt_ds.recipes.forgetting"),
+    # CE-only training with the gradient-alignment monitor, to watch cos(∇CE, ∇MBE) change sign
+    "cycle": Recipe("recipes/cycle.json", (*_ARITHMETIC, "--steps", "600", "--eval-every", "200", "--save-every", "0",
+                                           "--arith-eval", "256"), arms=("ce",)),
 }
-ARMS = ("ce", "gapt")
-DEFAULT_ARMS = {"cycle": ("ce",)}
+
+
+def shipped_config(name: str) -> dict:
+    """A DeepSpeed config shipped with gapt-ds, by its path under ``ds_configs/`` (e.g. ``cpu_default.json``)."""
+    from importlib.resources import as_file, files
+
+    from gapt_ds.config import load_json
+
+    with as_file(files("gapt_ds.ds_configs").joinpath(name)) as path:
+        return load_json(path)
+
+
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -60,7 +80,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    args.arms = args.arms.split(",") if args.arms else list(DEFAULT_ARMS.get(args.name, ARMS))
+    args.arms = args.arms.split(",") if args.arms else list(RECIPES[args.name].arms)
     return args, extra
 
 
@@ -84,14 +104,42 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _script_command(recipe: Recipe, args: argparse.Namespace, arm: str, seed: int, run_dir: Path,
+                    extra: list[str]) -> tuple[list[str], dict]:
+    """A recipe with its own script: one process (it starts its own single-rank process group)."""
+    config = ["--deepspeed_config", args.config] if args.config else []
+    cmd = [sys.executable, "-m", recipe.module, "--arm", arm, "--seed", str(seed), "--run-dir", str(run_dir),
+           *config, *extra]
+    env = dict(os.environ, MASTER_PORT=str(_free_port()),
+               DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR") or ("" if _has_gpu() else "cpu"))
+    return cmd, env
+
+
+def _train_command(recipe: Recipe, args: argparse.Namespace, arm: str, seed: int, run_dir: Path,
+                   extra: list[str]) -> tuple[list[str], dict]:
+    """``gapt-ds train`` under the deepspeed launcher, with the arm's config written next to the runs."""
+    from gapt_ds.config import GaptConfig, load_json
+
+    cfg = load_json(args.config) if args.config else shipped_config(recipe.config)
+    cfg.setdefault("gapt", {})["algorithm"] = arm
+    GaptConfig.from_ds_config(cfg, source=f"{args.name} recipe, arm {arm}")
+    config = Path(args.out) / f"{arm}.json"
+    config.write_text(json.dumps(cfg, indent=2))
+    launcher, env = _launcher(args.ranks)
+    cmd = [*launcher, "gapt_ds.train", "--deepspeed_config", str(config), *recipe.args, "--seed", str(seed),
+           "--run-dir", str(run_dir), "--no-progress", "--recipe", args.name, *extra]
+    return cmd, env
+
+
 def run_recipe(argv: Optional[list[str]] = None) -> Path:
     args, extra = parse_args(argv)
     from gapt_ds.algorithms import algorithm_class
-    from gapt_ds.config import GaptConfig, load_json
+    from gapt_ds.report import main as report
 
     for arm in args.arms:  # a misspelt arm fails before the first run starts
         algorithm_class(arm)
-
+    recipe = RECIPES[args.name]
+    command = _script_command if recipe.module else _train_command
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_dirs = []
@@ -99,25 +147,9 @@ def run_recipe(argv: Optional[list[str]] = None) -> Path:
         for seed in args.seeds:
             run_dir = out / f"{arm}-s{seed}"
             run_dirs.append(str(run_dir))
-            if args.name == "forgetting":
-                cmd = [sys.executable, "-m", "gapt_ds.recipes.forgetting", "--arm", arm, "--seed", str(seed),
-                       "--run-dir", str(run_dir), *extra]
-                env = dict(os.environ, MASTER_PORT=str(_free_port()),
-                           DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR") or ("" if _has_gpu() else "cpu"))
-            else:
-                config_file, defaults = RECIPES[args.name]
-                cfg = load_json(args.config or ROOT_CONFIGS / config_file)
-                cfg.setdefault("gapt", {})["algorithm"] = arm
-                GaptConfig.from_ds_config(cfg, source=f"{args.name} recipe, arm {arm}")
-                config = out / f"{arm}.json"
-                config.write_text(json.dumps(cfg, indent=2))
-                launcher, env = _launcher(args.ranks)
-                cmd = [*launcher, "gapt_ds.train", "--deepspeed_config", str(config), *defaults, "--seed", str(seed),
-                       "--run-dir", str(run_dir), "--no-progress", "--recipe", args.name, *extra]
+            cmd, env = command(recipe, args, arm, seed, run_dir, extra)
             print(f"[recipe {args.name}] {arm} seed {seed} -> {run_dir}", flush=True)
             subprocess.run(cmd, check=True, env={k: v for k, v in env.items() if v != ""})
-    from gapt_ds.report import main as report
-
     md = report([*run_dirs, "--out", str(out / "report")])
     print(f"[recipe {args.name}] report: {md}")
     return md
