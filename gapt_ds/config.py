@@ -29,33 +29,54 @@ class _Strict(BaseModel):
 
 
 class GateConfig(_Strict):
-    """Settings of the GAPT phase gate (spec §4), the argument of ``PhaseGate``."""
+    """Settings of the GAPT phase gate (docs/algorithm.md, "The gate"), the argument of ``PhaseGate``.
+    The field descriptions are the documentation: README.md's table is checked against them."""
 
-    patience_memorize: int = Field(125, ge=1, description="p_m: steps without CE gain before compressing")
-    patience_compress: int = Field(75, ge=1, description="p_c: steps without MBE gain before memorizing")
-    ce_delta: float = Field(0.01, ge=0, allow_inf_nan=False, description="δ: CE gain that counts")
+    patience_memorize: int = Field(
+        125, ge=1, description="p_m: steps without CE gain > `ce_delta` before compressing")
+    patience_compress: int = Field(
+        75, ge=1, description="p_c: steps without MBE gain > `mbe_delta` before memorizing again")
+    ce_delta: float = Field(0.01, ge=0, allow_inf_nan=False, description="δ: CE gain that counts (nats if absolute)")
     mbe_delta: float = Field(0.002, ge=0, allow_inf_nan=False, description="δ_c: MBE gain that counts")
-    spike_tolerance: float = Field(0.1, ge=0, allow_inf_nan=False, description="τ: CE > min·(1+τ) ends compression")
-    improvement: Literal["absolute", "relative"] = "absolute"
-    mbe_any_layer: bool = Field(True, description="per-layer minima; any layer improving counts")
-    reset_ce_min: bool = Field(False, description="also reset the CE minimum on entering compression")
+    spike_tolerance: float = Field(
+        0.1, ge=0, allow_inf_nan=False, description="τ: CE > min CE · (1+τ) ends compression at once")
+    improvement: Literal["absolute", "relative"] = Field(
+        "absolute", description="`absolute` (min − current) or `relative` ((min − current)/|min|) gains")
+    mbe_any_layer: bool = Field(
+        True, description="per-layer MBE minima, and a gain in any layer counts; `false`: the layer mean")
+    reset_ce_min: bool = Field(
+        False, description="also forget the CE minimum on entering compression (the reference code's variant)")
 
 
 class GaptConfig(_Strict):
     """The ``"gapt"`` block. ``GaptConfig()`` is the documented default used when the block is absent.
+    The field descriptions are the documentation: README.md's table is checked against them.
 
     The schema is structural: the ``algorithm`` name is checked against the registered algorithms and
     plugins where the algorithm is built (``gapt_ds.algorithms.algorithm_class``), before DeepSpeed starts."""
 
-    algorithm: str = Field("gapt", description="training algorithm: ce | mbe | gapt (or a plugin's name)")
-    mbe_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="w in CE + w·MBE")
-    patch_size: int = Field(8, ge=2, description="window length P of patch MBE")
-    patch_tail: Literal["error", "drop"] = "error"
-    layers: Union[Literal["inner", "all"], list[int]] = Field("inner", union_mode="left_to_right")
-    mbe_mode: Literal["patch", "global"] = "patch"
-    phase: Literal["adaptive", "memorize", "compress"] = "adaptive"
-    gate: GateConfig = GateConfig()
-    alignment_every: int = Field(0, ge=0, description="gradient-alignment period in optimizer steps; 0 = off")
+    algorithm: str = Field("gapt", description=(
+        "`gapt` (gated phases), `gapt_round_robin` (gated, but compression adds w·MBE of one selected layer, "
+        "the next at every step), `ce` (CE-only baseline, MBE still logged), `mbe` (always CE + w·MBE), "
+        "or a plugin (below)"))
+    mbe_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description=(
+        "w in CE + w·MBE (w is split evenly over the selected layers: the loss uses their mean)"))
+    patch_size: int = Field(8, ge=2, description=(
+        "MBE window P: consecutive tokens of one sequence; windows never cross sequences or ranks"))
+    patch_tail: Literal["error", "drop"] = Field("error", description=(
+        "sequence length not divisible by P: `error`, or `drop` the last S mod P tokens"))
+    layers: Union[Literal["inner", "all"], list[int]] = Field("inner", union_mode="left_to_right", description=(
+        "blocks whose output MBE is measured: `inner` (all but first and last), `all`, or a list of indices "
+        "(negative from the end)"))
+    mbe_mode: Literal["patch", "global"] = Field("patch", description=(
+        "`patch`: mean α=2 MBE of windows. `global`: α=2 MBE of all tokens of the global micro-batch "
+        "(D×D Gram all-reduced over ranks, exact gradient)"))
+    phase: Literal["adaptive", "memorize", "compress"] = Field("adaptive", description=(
+        "`adaptive` (the gate decides), or pin `memorize` / `compress` for experiments"))
+    gate: GateConfig = Field(GateConfig(), description="the gate's settings (the `gate.*` keys)")
+    alignment_every: int = Field(0, ge=0, description=(
+        "gradient-alignment monitor period k in optimizer steps (0: off); see \"Memorization-compression cycle "
+        "monitor\""))
 
     @field_validator("layers", mode="before")
     @classmethod

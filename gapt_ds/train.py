@@ -34,37 +34,45 @@ from gapt_ds.models import PRESETS
 from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gapt-ds train`` options; their help texts are the documentation (README.md is checked against them)."""
     p = argparse.ArgumentParser(prog="gapt-ds train", description="Pretrain GPT-2 with GAPT under DeepSpeed.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
-                   help="DeepSpeed JSON config (with an optional \"gapt\" block)")
+                   help="DeepSpeed JSON with an optional `\"gapt\"` block. If it has no `tensorboard` section, one is "
+                        "added that writes to `RUN_DIR/tensorboard`")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                    help="set by the deepspeed launcher")
     p.add_argument("--deepspeed", action="store_true", help="accepted for DeepSpeed compatibility (implied)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="arithmetic", help="hf:NAME[:CONFIG] | local glob (*.txt/*.jsonl/*.parquet) | arithmetic")
-    d.add_argument("--tokenizer", default="char", help="char | SentencePiece .model file | GPT-2 BPE dir (vocab.json+merges.txt)")
-    d.add_argument("--seq-len", type=int, default=64, help="tokens per training sequence")
-    d.add_argument("--max-tokens", type=int, default=None, help="stop tokenizing after this many training tokens")
+    d.add_argument("--data", default="arithmetic", help="`hf:NAME[:CONFIG]` (hub, streamed), a local glob of `.txt` / "
+                   "`.jsonl` / `.parquet` files (comma-separated globs allowed; the `text` column), or `arithmetic`")
+    d.add_argument("--tokenizer", default="char", help="`char` (the arithmetic alphabet), a SentencePiece `.model`, "
+                   "or a directory with GPT-2 `vocab.json` + `merges.txt`")
+    d.add_argument("--seq-len", type=int, default=64, help="tokens per packed training sequence (a multiple of "
+                   "`patch_size`)")
+    d.add_argument("--max-tokens", type=int, default=None,
+                   help="stop tokenizing after this many training tokens (needed for streamed hub data)")
     d.add_argument("--val-every", type=int, default=50, help="every N-th document goes to the validation split")
-    d.add_argument("--cache-dir", default=None, help="token cache directory (default: $GAPT_DS_CACHE or ~/.cache/gapt-ds)")
+    d.add_argument("--cache-dir", default=None, help="token cache root (none: `$GAPT_DS_CACHE` or `~/.cache/gapt-ds`)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="tiny", help=f"preset: {', '.join(PRESETS)}")
-    m.add_argument("--model-config", default=None, help="GPT2Config JSON file (overrides --model)")
-    m.add_argument("--init-from", default=None, help="local Hugging Face GPT-2 directory to start from")
+    m.add_argument("--model", default="tiny", help="preset: " + ", ".join(
+        f"`{name}` ({cfg['n_layer']}×{cfg['n_embd']})" for name, cfg in PRESETS.items()))
+    m.add_argument("--model-config", default=None, help="a GPT2Config JSON file instead of a preset")
+    m.add_argument("--init-from", default=None, help="start from a local Hugging Face GPT-2 directory (no hub access)")
     m.add_argument("--dropout", type=float, default=0.0, help="dropout of embeddings, attention and residuals")
     t = p.add_argument_group("run")
-    t.add_argument("--run-dir", default="runs/default", help="where logs, metrics and checkpoints go")
+    t.add_argument("--run-dir", default="runs/default", help="where everything of the run goes")
     t.add_argument("--steps", type=int, default=300, help="optimizer steps in total")
     t.add_argument("--eval-every", type=int, default=50, help="validation period in steps (0: only at the end)")
     t.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per rank")
     t.add_argument("--arith-eval", type=int, default=256, help="arithmetic ID/OOD problems per evaluation (0: off)")
     t.add_argument("--save-every", type=int, default=100, help="checkpoint period in steps (0: only at the end)")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of `--run-dir`")
     t.add_argument("--seed", type=int, default=0, help="model init, data order and per-rank RNG")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--recipe", default=None, help="recipe this run belongs to, recorded in args.json for gapt-ds report "
-                   "(set by gapt-ds recipe)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (rank 0's bar shows step, CE, MBE, phase, tokens/s)")
+    t.add_argument("--recipe", default=None, help="the recipe this run belongs to, recorded in `args.json` for "
+                   "`gapt-ds report` (set by `gapt-ds recipe`)")
     return p
 
 
