@@ -75,7 +75,7 @@ def run_arm(args, algorithm: str, workdir: Path) -> float:
            "--cache-dir", str(workdir / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = [json.loads(l) for l in (workdir / algorithm / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (workdir / algorithm / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][args.warmup :]
     return statistics.median(rates)
 

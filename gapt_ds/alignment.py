@@ -63,7 +63,8 @@ class AlignmentMonitor:
         sums = self._partitioned_sums(ce_grads, mbe_grads)  # (groups, 3): dot, |g_ce|², |g_mbe|²
         norms = sums[:, 1].sqrt() * sums[:, 2].sqrt()
         # groups where one gradient is exactly zero (blocks after the last measured layer) have no cosine
-        return {name: float(d / n) for name, d, n in zip(self.group_names, sums[:, 0].tolist(), norms.tolist()) if n > 0}
+        dots = sums[:, 0].tolist()
+        return {name: float(d / n) for name, d, n in zip(self.group_names, dots, norms.tolist()) if n > 0}
 
     def _grads(self, loss: torch.Tensor, retain: bool = False) -> list:
         return list(torch.autograd.grad(loss, self.params, allow_unused=True, retain_graph=retain))

@@ -1,5 +1,6 @@
-"""Training-run checkpoints: DeepSpeed's own (model, optimizer, scheduler, gate via the engine's ``save_checkpoint``) plus the
-run state that makes a resume exact: data position, per-rank RNG, and the settings that must not change.
+"""Training-run checkpoints: DeepSpeed's own (model, optimizer, scheduler, and the gate through the engine's
+``save_checkpoint``) plus the run state that makes a resume exact: data position, per-rank RNG, and the
+settings that must not change.
 
 Only DeepSpeed's writer ranks store ``client_state``, so per-rank RNG states are all-gathered first and
 each rank picks its own on load.

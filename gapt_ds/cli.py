@@ -42,7 +42,8 @@ COMMANDS = {
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: gapt-ds {" + ",".join(COMMANDS) + "} ...\n" + "\n".join(f"  {k:10} {v}" for k, v in COMMANDS.items())
+        usage = "usage: gapt-ds {" + ",".join(COMMANDS) + "} ...\n"
+        usage += "\n".join(f"  {k:10} {v}" for k, v in COMMANDS.items())
         print(usage, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]

@@ -223,7 +223,8 @@ class GaptEngineMixin:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def gapt_state_dict(self) -> dict:
-        return {"algorithm": self.algorithm.name, "layers": self.mbe_layer_ids, "skipped_steps": self.gapt_skipped_steps,
+        return {"algorithm": self.algorithm.name, "layers": self.mbe_layer_ids,
+                "skipped_steps": self.gapt_skipped_steps,
                 "state": self.algorithm.state_dict()}
 
     def load_gapt_state_dict(self, state: dict) -> None:
@@ -300,7 +301,8 @@ def initialize_engine(args=None, model: Optional[nn.Module] = None, optimizer=No
                       training_data=None, lr_scheduler=None, distributed_port: Optional[int] = None, mpu=None,
                       dist_init_required: Optional[bool] = None, collate_fn=None, config=None, mesh_param=None,
                       config_params=None, *, mbe_modules: Optional[Sequence[nn.Module]] = None):
-    """What ``gapt_ds.initialize`` runs (call it through that name): ``deepspeed.initialize`` with GAPT: same arguments and return tuple
+    """What ``gapt_ds.initialize`` runs (call it through that name): ``deepspeed.initialize`` with GAPT: same
+    arguments and return tuple
     ``(engine, optimizer, training_dataloader, lr_scheduler)``.
 
     The ``"gapt"`` block of the DeepSpeed config is validated before DeepSpeed starts (absent: the

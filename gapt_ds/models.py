@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-# Widths of the GPT-2 family; "tiny"/"small-cpu" are for tests and CPU runs.
+# Widths of the GPT-2 family; "tiny" and "cpu" are for tests and CPU runs.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=4, n_embd=32, n_head=2),
     "cpu": dict(n_layer=6, n_embd=128, n_head=4),

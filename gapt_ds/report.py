@@ -138,7 +138,8 @@ def _fmt(values: list[float]) -> str:
 def comparison_table(runs: list[Run]) -> str:
     """One markdown table per recipe (runs of different recipes are never averaged together)."""
     recipes = sorted({r.recipe for r in runs})
-    return "\n\n".join((f"### {name}\n\n" if len(recipes) > 1 else "") + _recipe_table([r for r in runs if r.recipe == name])
+    return "\n\n".join((f"### {name}\n\n" if len(recipes) > 1 else "")
+                       + _recipe_table([r for r in runs if r.recipe == name])
                        for name in recipes)
 
 

@@ -177,7 +177,8 @@ def _load_data(args: argparse.Namespace, rank: int):
         build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
                     show_progress=not args.no_progress)
     distributed.barrier()
-    cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed, show_progress=False)
+    cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
+                        show_progress=False)
     return tokenizer, cache
 
 

@@ -46,7 +46,7 @@ def test_round_robin_weights_one_layer_per_step_and_resumes():
 def test_unknown_algorithm_names_its_key_and_the_available_ones():
     with pytest.raises(ValueError) as err:
         build_algorithm(GaptConfig(algorithm="sgd"))
-    line = next(l for l in str(err.value).splitlines() if l.strip().startswith("gapt.algorithm:"))
+    line = next(x for x in str(err.value).splitlines() if x.strip().startswith("gapt.algorithm:"))
     assert "available: ce, gapt, gapt_round_robin, mbe" in line, str(err.value)
 
 

@@ -16,7 +16,7 @@ def reference_cosines(batch: torch.Tensor, layers=(1, 2)) -> dict[str, float]:
     model = w.tiny_model()
     params = [p for p in model.parameters()]
     out = model(input_ids=batch, labels=batch, output_hidden_states=True)
-    mbe = torch.stack([patch_mbe(out.hidden_states[l + 1]) for l in layers]).mean()
+    mbe = torch.stack([patch_mbe(out.hidden_states[i + 1]) for i in layers]).mean()
     g_ce = torch.autograd.grad(out.loss, params, retain_graph=True)
     g_mbe = torch.autograd.grad(mbe, params, allow_unused=True)
     g_mbe = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_mbe)]

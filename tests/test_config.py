@@ -48,7 +48,7 @@ def test_valid_block_round_trips():
 def test_each_invalid_value_names_its_key(block, path, fragment):
     with pytest.raises(ValueError) as err:
         GaptConfig.from_ds_config({"gapt": block})
-    line = next(l for l in str(err.value).splitlines() if l.strip().startswith(path + ":"))
+    line = next(x for x in str(err.value).splitlines() if x.strip().startswith(path + ":"))
     assert fragment in line, str(err.value)
 
 

@@ -65,7 +65,8 @@ def test_every_tensorboard_tag_is_in_readmes_table():
     from gapt_ds import metrics
 
     readme = ROOT.joinpath("README.md").read_text()
-    tags = [v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v and k[-6:] != "PREFIX"]
+    tags = [v for k, v in vars(metrics).items()
+            if k.isupper() and isinstance(v, str) and "/" in v and not k.endswith("PREFIX")]
     assert metrics.CE in tags and metrics.MBE_WEIGHT_LAYER in tags
     missing = [t for t in tags if f"`{t}" not in readme]
     assert not missing, missing

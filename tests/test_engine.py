@@ -18,7 +18,7 @@ def reference(batch: torch.Tensor, mode: str, weight: float, layers=(1, 2)):
     model = w.tiny_model()
     out = model(input_ids=batch, labels=batch, output_hidden_states=True)
     measure = patch_mbe if mode == "patch" else global_mbe
-    mbe = [measure(out.hidden_states[l + 1]) for l in layers]  # hidden_states[l+1] = output of block l
+    mbe = [measure(out.hidden_states[i + 1]) for i in layers]  # hidden_states[l+1] = output of block l
     loss = out.loss + weight * torch.stack(mbe).mean()
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
@@ -136,8 +136,10 @@ def test_bad_model_or_layers_fail_before_deepspeed_starts(monkeypatch):
         gapt_ds.initialize(model=mlp, model_parameters=mlp.parameters(), config=w.ds_config())
     model = w.tiny_model()
     with pytest.raises(ValueError, match=r"\[7\] out of range for a model with 4 blocks"):
-        gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=w.ds_config(gapt={"layers": [1, 7]}))
+        gapt_ds.initialize(model=model, model_parameters=model.parameters(),
+                           config=w.ds_config(gapt={"layers": [1, 7]}))
     with pytest.raises(ValueError, match="gapt.patch_szie"):
         gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=w.ds_config(gapt={"patch_szie": 4}))
     with pytest.raises(ValueError, match="gapt.algorithm: unknown algorithm 'sgd'; available: ce, gapt"):
-        gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=w.ds_config(gapt={"algorithm": "sgd"}))
+        gapt_ds.initialize(model=model, model_parameters=model.parameters(),
+                           config=w.ds_config(gapt={"algorithm": "sgd"}))

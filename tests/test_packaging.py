@@ -19,7 +19,8 @@ def test_recipes_resolve_their_configs_from_an_installed_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "gapt_ds").rglob("*.py")}
     assert sources <= names, sorted(sources - names)  # pyproject's package list names every subpackage
-    configs = {f"gapt_ds/ds_configs/{p.relative_to(ROOT / 'ds_configs')}" for p in (ROOT / "ds_configs").rglob("*.json")}
+    shipped = (ROOT / "ds_configs").rglob("*.json")
+    configs = {f"gapt_ds/ds_configs/{p.relative_to(ROOT / 'ds_configs')}" for p in shipped}
     assert configs <= names, sorted(configs - names)
 
     site = tmp_path / "site"

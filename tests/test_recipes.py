@@ -85,8 +85,9 @@ def test_tiny_text_recipes_with_sentencepiece_and_gpt2_bpe(tmp_path):
     (tmp_path / "bpe").mkdir()
     bpe.save_model(str(tmp_path / "bpe"))
     out = tmp_path / "fineweb"
-    recipe(tmp_path, "fineweb", "--seeds", "0", "--arms", "gapt", "--config", str(ROOT / "ds_configs" / "cpu_default.json"),
-           "--out", str(out), "--", "--data", pattern, "--tokenizer", str(tmp_path / "bpe"), "--max-tokens", "20000", *tiny)
+    recipe(tmp_path, "fineweb", "--seeds", "0", "--arms", "gapt", "--config",
+           str(ROOT / "ds_configs" / "cpu_default.json"), "--out", str(out), "--", "--data", pattern,
+           "--tokenizer", str(tmp_path / "bpe"), "--max-tokens", "20000", *tiny)
     run_args = json.loads((out / "gapt-s0" / "args.json").read_text())
     assert run_args["recipe"] == "fineweb" and run_args["model"] == "tiny" and run_args["max_tokens"] == 20000
     assert (out / "report" / "report.md").is_file()

@@ -51,7 +51,7 @@ def run(cmd: list[str], timeout: int = 240, **env_extra) -> subprocess.Completed
 
 
 def metrics(run_dir: Path, after_resume: bool = False) -> dict[int, dict]:
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if after_resume:
         rows = rows[max(i for i, r in enumerate(rows) if r.get("event") == "resume") + 1 :]
     return {r["step"]: r for r in rows if "phase" in r}

@@ -20,7 +20,8 @@ class PackedBatches:
         self.per_epoch = self.num_sequences // (micro_batch * world)  # global micro-batches per epoch
         if self.per_epoch == 0:
             raise ValueError(f"{len(tokens)} tokens make {self.num_sequences} sequences of {seq_len}: fewer than one "
-                             f"global micro-batch ({world} ranks x {micro_batch}); use more data or a shorter --seq-len")
+                             f"global micro-batch ({world} ranks x {micro_batch}); use more data or a shorter "
+                             "--seq-len")
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -44,5 +45,6 @@ def eval_batches(tokens: np.ndarray, seq_len: int, micro_batch: int, rank: int, 
     per_rank = min(n // world // micro_batch, max_batches)
     for b in range(per_rank):
         base = (b * world + rank) * micro_batch
-        rows = [np.asarray(tokens[i * seq_len : (i + 1) * seq_len], dtype=np.int64) for i in range(base, base + micro_batch)]
+        rows = [np.asarray(tokens[i * seq_len : (i + 1) * seq_len], dtype=np.int64)
+                for i in range(base, base + micro_batch)]
         yield torch.from_numpy(np.stack(rows))

@@ -44,7 +44,8 @@ def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int,
 
 def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
                 seed: int = 0, show_progress: bool = True) -> TokenCache:
-    """Tokenize ``source`` into the cache (or reuse it); call on one rank only."""
+    """Tokenize ``source`` into the cache, or open it if it is complete. Every rank calls it: rank 0 first
+    (it writes), the others after a barrier (they find the finished cache and only open it)."""
     root = Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
     if (root / "meta.json").is_file():
         return open_cache(root)

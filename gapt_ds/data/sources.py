@@ -20,7 +20,8 @@ TEXT_COLUMN = "text"
 
 def local_files(pattern: str) -> list[Path]:
     """Files matching a glob (comma-separated globs allowed), with clear errors for the usual mistakes."""
-    paths = sorted({Path(p) for part in pattern.split(",") for p in glob.glob(os.path.expanduser(part), recursive=True)})
+    globs = [os.path.expanduser(part) for part in pattern.split(",")]
+    paths = sorted({Path(p) for part in globs for p in glob.glob(part, recursive=True)})
     if not paths:
         raise ValueError(f"--data {pattern!r}: no file matches")
     kinds = {p.suffix for p in paths}

@@ -1,1 +1,1 @@
-"""The paper's experiments as runnable recipes (spec §6); see docs/recipes.md."""
+"""The paper's experiments as runnable recipes (spec §6); see README.md, "Recipes and reports"."""
