@@ -108,7 +108,7 @@ class GatedPhaseTransition(Algorithm):
 @register_algorithm("gapt_round_robin")
 class RoundRobinGAPT(GatedPhaseTransition):
     """GAPT whose compression loss is CE + w·MBE of a single selected layer, the next one at every
-    optimizer step (the reference code's round-robin variant, spec §4). The gate still sees every layer."""
+    optimizer step (the reference code's round-robin variant, docs/algorithm.md §4). The gate still sees every layer."""
 
     def __init__(self, cfg: GaptConfig) -> None:
         super().__init__(cfg)

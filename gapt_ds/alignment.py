@@ -1,4 +1,4 @@
-"""Gradient alignment cos(∇CE, ∇MBE): the memorization/compression cycle made visible (spec §1, §5).
+"""Gradient alignment cos(∇CE, ∇MBE): the memorization/compression cycle made visible (docs/algorithm.md §1, §5).
 
 Every ``alignment_every`` optimizer steps the engine measures, on that step's first micro-batch and
 before training on it, the cosine between the data-parallel-averaged gradients of CE and of the mean

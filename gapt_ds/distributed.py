@@ -1,4 +1,4 @@
-"""The few collectives gapt-ds needs, all over the data-parallel group (spec §3-4).
+"""The few collectives gapt-ds needs, all over the data-parallel group (docs/algorithm.md §3-4).
 
 Activations are never partitioned by ZeRO, so MBE's inputs are local; only its statistics (and the
 gate's inputs) cross ranks: one packed SUM all-reduce per optimizer step, plus one D×D Gram

@@ -1,4 +1,4 @@
-"""The GAPT phase gate (spec §4): a pure-Python state machine fed once per optimizer step.
+"""The GAPT phase gate (docs/algorithm.md §4): a pure-Python state machine fed once per optimizer step.
 
 Phase 1 = memorize (loss = CE), phase 2 = compress (loss = CE + w·MBE). In a distributed run the
 caller feeds statistics already all-reduced over ranks, so every rank takes the same decision.

@@ -125,7 +125,7 @@ class MBECapture:
         value = mbe.mbe_from_gram(g)
         if torch.is_grad_enabled():
             # Exact gradient of the global MBE w.r.t. this shard, scaled by the data-parallel size
-            # because DeepSpeed averages gradients over ranks (spec §3).
+            # because DeepSpeed averages gradients over ranks (docs/algorithm.md §3).
             sur = mbe.global_mbe_surrogate(hidden, g) * distributed.world_size(self.group)
             value = value + (sur - sur.detach())
         return LayerMBE(value, value.detach(), 1)

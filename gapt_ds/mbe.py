@@ -1,4 +1,4 @@
-"""Matrix-Based Entropy (MBE) of hidden representations (docs/algorithm.md, spec §2-3).
+"""Matrix-Based Entropy (MBE) of hidden representations (docs/algorithm.md §2-3).
 
 For Z (n rows = token vectors, D columns), K = Z Zᵀ and P = K / tr K. MBE_α is the Rényi entropy of
 P's eigenvalues, in nats. The training path uses α = 2, which needs no eigendecomposition:
@@ -142,7 +142,7 @@ def global_mbe_surrogate(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Loss whose gradient w.r.t. this shard ``z`` equals ∂MBE₂(G)/∂z, with G = Σ shards' Grams.
 
     ``g`` is the full (all-reduced, detached) Gram. With t = tr G and s = ‖G‖_F², the gradient of
-    (2/t)·‖Z‖_F² − (2/s)·tr(Z G Zᵀ) is (4/t)·Z − (4/s)·Z·G, the exact shard gradient (spec §3).
+    (2/t)·‖Z‖_F² − (2/s)·tr(Z G Zᵀ) is (4/t)·Z − (4/s)·Z·G, the exact shard gradient (docs/algorithm.md §3).
     Its value is meaningless: pair it with ``mbe_from_gram`` via ``value + (sur - sur.detach())``.
     """
     z = z.reshape(-1, z.shape[-1]).to(_compute_dtype(z))

@@ -70,3 +70,19 @@ def test_every_tensorboard_tag_is_in_readmes_table():
     assert metrics.CE in tags and metrics.MBE_WEIGHT_LAYER in tags
     missing = [t for t in tags if f"`{t}" not in readme]
     assert not missing, missing
+
+
+def test_the_method_is_cited_from_the_projects_own_docs():
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.sh"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files
+    stale = [f for f in files if "spec §" in (ROOT / f).read_text() and f != "tests/test_docs.py"]
+    assert not stale, stale
+    algorithm = (ROOT / "docs" / "algorithm.md").read_text()
+    sections = re.findall(r"^## (\d)\. ", algorithm, flags=re.M)
+    assert sections == [str(i) for i in range(1, 8)], sections
+    cited = {m for f in files for m in re.findall(r"docs/algorithm\.md §(\d)", (ROOT / f).read_text())}
+    assert cited and cited <= set(sections), cited

@@ -1,4 +1,4 @@
-"""The multiplication task of spec §6.2: ``a x b = c`` with one token per symbol, no download.
+"""The multiplication task of docs/algorithm.md §6.2: ``a x b = c`` with one token per symbol, no download.
 
 Examples are written ``123x45=5535\\n`` (13-symbol alphabet, ``\\n`` ends an example). Training
 uses operands of 1-3 digits, in-distribution (ID) evaluation 1-3 and out-of-distribution (OOD) 4-6.

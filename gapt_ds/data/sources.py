@@ -3,7 +3,7 @@
 Source specs (``--data``):
     hf:HuggingFaceFW/fineweb:sample-10BT     hub dataset NAME[:CONFIG], streamed (needs network)
     data/*.txt | data/*.jsonl | data/*.parquet   local files (jsonl/parquet: the "text" column)
-    arithmetic                               generated multiplication problems (spec §6.2), no download
+    arithmetic                               generated multiplication problems (docs/algorithm.md §6.2), no download
 """
 
 from __future__ import annotations

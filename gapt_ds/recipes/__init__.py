@@ -1,1 +1,1 @@
-"""The paper's experiments as runnable recipes (spec §6); see README.md, "Recipes and reports"."""
+"""The paper's experiments as runnable recipes (docs/algorithm.md §6); see README.md, "Recipes and reports"."""

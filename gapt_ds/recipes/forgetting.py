@@ -1,4 +1,5 @@
-"""Catastrophic forgetting with conflicting experience (spec §6.3), through the same engine, gate and config.
+"""Catastrophic forgetting with conflicting experience (docs/algorithm.md §6.3), through the same engine,
+gate and config.
 
 A ReLU MLP 10 -> 20 -> 10 learns task A, then task B. The tasks draw inputs from opposite regions
 (N(+m·u, I) vs N(-m·u, I)) and labels from teachers θ₀ + Δθ vs θ₀ − Δθ, where Δθ is a random low-rank

@@ -1,4 +1,5 @@
-"""``gapt-ds recipe NAME``: the paper's experiments, baseline (``ce``) vs GAPT, same seeds and budget.
+"""``gapt-ds recipe NAME``: the paper's experiments, baseline (``ce``) vs GAPT, same seeds and budget
+(§: the sections of docs/algorithm.md).
 
     gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic          # §6.2, CPU scale, 2 ranks
     gapt-ds recipe forgetting --seeds 0,1,2 --out runs/forgetting          # §6.3
