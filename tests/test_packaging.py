@@ -3,6 +3,7 @@ run from another one, with no source checkout on the path."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_recipes_resolve_their_configs_from_an_installed_wheel(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ there
+    for name in ("gapt_ds", "ds_configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("gapt_ds-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
