@@ -89,3 +89,10 @@ def test_no_function_is_longer_than_one_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module_name(path)}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def test_only_distributed_py_imports_torch_distributed():
+    users = [m for m, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+             if any(mod == "torch.distributed" or (mod == "torch" and attr == "distributed")
+                    for mod, attr in _imports(ast.parse(path.read_text())))]
+    assert users == ["gapt_ds.distributed"], users
