@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from typing import NoReturn, Optional
 
-from gapt_ds.runtime import run_main
+from gapt_ds.runtime import run_entry, run_main
 
 
 def tokenizer_main(argv: list[str]) -> str:
@@ -81,22 +80,8 @@ _COMMAND_MAINS = {"train": _train, "tokenizer": lambda: (tokenizer_main, True), 
 
 
 def entry(argv: Optional[list[str]] = None) -> NoReturn:
-    """The ``gapt-ds`` console script (and ``python -m gapt_ds.train``): ``main``, then an exit that is
-    safe for a training worker (``distributed.exit_process``)."""
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's --help and usage errors
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:  # noqa: BLE001 - printed as Python would, then the same safe exit
-        traceback.print_exc()
-        code = 1
-    if "gapt_ds.distributed" in sys.modules:  # this process may have run collectives
-        from gapt_ds.distributed import exit_process
-
-        exit_process(code)
-    sys.exit(code)
+    """The ``gapt-ds`` console script: ``main``, then an exit that is safe for a training worker."""
+    run_entry(lambda: main(argv))
 
 
 if __name__ == "__main__":

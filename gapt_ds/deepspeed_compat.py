@@ -7,6 +7,10 @@ against the installed DeepSpeed, so a DeepSpeed release that changes one fails t
   the model (it sets ``use_muon`` on every parameter).
 - ``skip_cpu_shm_build``: ``deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"]``.
 - ``autocast``: ``deepspeed.runtime.torch_autocast.autocast_if_enabled``, the engine's forward autocast.
+- ``close_tensorboard``: ``engine.monitor.tb_monitor.summary_writer``, the monitor's TensorBoard writer.
+- ``remove_module_hooks``: ``engine.module_forward_pre_hook`` / ``module_forward_post_hook``, the forward
+  hooks DeepSpeed puts on the module.
+- ``clear_zero3_param_state``: the ``ds_*`` attributes ZeRO-3 puts in each parameter's ``__dict__``.
 """
 
 from __future__ import annotations
@@ -68,3 +72,23 @@ def autocast(engine: Any):
     from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
     return autocast_if_enabled(engine)
+
+
+def close_tensorboard(engine: Any) -> None:
+    """Flush and close the TensorBoard writer of DeepSpeed's monitor (its writer thread is joined)."""
+    writer = getattr(getattr(engine.monitor, "tb_monitor", None), "summary_writer", None)
+    if writer is not None:
+        writer.close()
+
+
+def remove_module_hooks(engine: Any) -> None:
+    """Remove the forward hooks DeepSpeed registered on the module; they reference the engine."""
+    for hook in (getattr(engine, "module_forward_pre_hook", None), getattr(engine, "module_forward_post_hook", None)):
+        if hook is not None:
+            hook.remove()
+
+
+def clear_zero3_param_state(params: list) -> None:
+    """Drop ZeRO-3's per-parameter state (groups, gather closures), which outlives ``engine.destroy()``."""
+    for p in params:
+        p.__dict__.clear()

@@ -7,7 +7,11 @@ all-reduce per selected layer and micro-batch in ``mbe_mode="global"``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import atexit
+import gc
+import os
+import sys
+from typing import Any, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,12 +35,6 @@ def barrier(group: Group = None) -> None:
     """All ranks meet (no-op in a single process)."""
     if is_distributed():
         dist.barrier(group=group)
-
-
-def destroy() -> None:
-    """Destroy the default process group, if there is one."""
-    if is_distributed():
-        dist.destroy_process_group()
 
 
 def all_gather_object(obj: Any, group: Group = None) -> list[Any]:
@@ -68,3 +66,48 @@ def global_gram(z: torch.Tensor, group: Group = None) -> torch.Tensor:
 
     with torch.no_grad():
         return all_reduce_sum(gram(z), group)
+
+
+_had_process_groups = False
+
+
+def shutdown_process_groups() -> None:
+    """Destroy every process group now, so that their communicator threads end before interpreter shutdown.
+
+    Call after every engine was ``destroy()``-ed. ``destroy_process_group`` only unregisters the groups;
+    their threads (gloo's ``pt_gloo_runloop``/``gloo_tcp_loop``) end when the last reference goes, so
+    the references DeepSpeed caches are dropped too. A group left alive into interpreter shutdown
+    can abort the process (``terminate called without an active exception``, SIGABRT).
+    """
+    global _had_process_groups
+    if not is_distributed():
+        return
+    _had_process_groups = True
+    dist.destroy_process_group()
+    try:
+        from deepspeed.utils import groups  # DeepSpeed keeps the world group in a module global
+
+        groups._WORLD_GROUP = None
+    except (ImportError, AttributeError):
+        pass
+    gc.collect()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran collectives: exit handlers run and stdio is flushed, then ``os._exit``.
+
+    Interpreter finalization is skipped on purpose (as ``multiprocessing`` does for its workers). Under
+    ZeRO-3 DeepSpeed keeps one process group referenced from C++ even after ``destroy()``; its gloo worker
+    thread may still be releasing a finished collective's tensors, which needs the GIL, when the interpreter
+    finalizes, and that aborts the process (SIGABRT, ``terminate called without an active exception``).
+    Without finalization there is no such window. Processes that never had a group exit normally.
+    """
+    if not _had_process_groups:
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging.shutdown, user handlers: what finalization would have run first
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to save
+            pass
+    os._exit(code)

@@ -30,7 +30,13 @@ from gapt_ds import distributed
 from gapt_ds.algorithms import Algorithm, build_algorithm
 from gapt_ds.alignment import AlignmentMonitor
 from gapt_ds.config import GaptConfig
-from gapt_ds.deepspeed_compat import autocast, parsed_config
+from gapt_ds.deepspeed_compat import (
+    autocast,
+    clear_zero3_param_state,
+    close_tensorboard,
+    parsed_config,
+    remove_module_hooks,
+)
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
 from gapt_ds.metrics import MetricsWriter, step_scalars
 from gapt_ds.skip import forced_overflow
@@ -210,16 +216,11 @@ class GaptEngineMixin:
         ``terminate called without an active exception``).
         """
         self._mbe.remove()
-        writer = getattr(getattr(self.monitor, "tb_monitor", None), "summary_writer", None)
-        if writer is not None:
-            writer.close()
+        close_tensorboard(self)
         zero3_params = list(self.module.parameters()) if self.zero_optimization_stage() == 3 else []
         super().destroy()
-        for hook in (getattr(self, "module_forward_pre_hook", None), getattr(self, "module_forward_post_hook", None)):
-            if hook is not None:  # DeepSpeed's own forward hooks on the module reference the engine
-                hook.remove()
-        for p in zero3_params:  # ZeRO-3's per-parameter state (groups, gather closures) outlives destroy()
-            p.__dict__.clear()
+        remove_module_hooks(self)  # DeepSpeed's own forward hooks on the module reference the engine
+        clear_zero3_param_state(zero3_params)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def gapt_state_dict(self) -> dict:

@@ -7,7 +7,8 @@ Every entry point (``gapt-ds SUBCOMMAND``, ``python -m gapt_ds.train`` under a l
         write_run_meta(run_dir, ds_config, vars(args))
         ...
 
-``run_main`` turns a user mistake (a ``ValueError``) into ``PROG: error: MESSAGE`` and exit status 2.
+``run_main`` turns a user mistake (a ``ValueError``) into ``PROG: error: MESSAGE`` and exit status 2;
+``run_entry`` ends the process safely after collectives.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 from gapt_ds import distributed
 
@@ -37,6 +39,26 @@ def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[st
     if show:
         print(result)
     return 0
+
+
+def run_entry(run: Callable[[], int]) -> NoReturn:
+    """An entry point's process (the ``gapt-ds`` console script, ``python -m gapt_ds.train``, the forgetting
+    recipe): ``run()`` for the exit code, then an exit that is safe for a training worker
+    (``distributed.exit_process``)."""
+    try:
+        code = run()
+    except SystemExit as stop:  # argparse's --help and usage errors
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed as Python would, then the same safe exit
+        traceback.print_exc()
+        code = 1
+    if "gapt_ds.distributed" in sys.modules:  # this process may have run collectives
+        from gapt_ds.distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)
 
 
 def set_env_defaults(master_port: str = DEFAULT_MASTER_PORT) -> None:
@@ -59,7 +81,8 @@ def prepare_process(master_port: str = DEFAULT_MASTER_PORT) -> None:
 @contextlib.contextmanager
 def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
     """``prepare_process``, then DeepSpeed's process group for the block. On success every rank meets at
-    a barrier; in any case the group is destroyed before the process exits."""
+    a barrier; in any case every group is shut down before the process exits (``destroy()`` the engines
+    inside the block first: see ``GaptEngineMixin.destroy``)."""
     import deepspeed
 
     prepare_process(master_port)
@@ -67,9 +90,11 @@ def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
     try:
         yield
         distributed.barrier()
+    except BaseException as err:  # its frames would keep the engine, and so the process groups, alive
+        traceback.clear_frames(err.__traceback__)
+        raise
     finally:
-        # an exit with a live gloo/NCCL group can abort at interpreter teardown (SIGABRT on a worker)
-        distributed.destroy()
+        distributed.shutdown_process_groups()
 
 
 def write_run_meta(run_dir: Path, ds_config: dict, args: dict) -> None:

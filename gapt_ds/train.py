@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,17 +149,27 @@ class Trainer:
     def run_dir(self) -> Path:
         return Path(self.args.run_dir)
 
+    def close(self) -> None:
+        self.log.close()
+        if self.bar is not None:
+            self.bar.close()
+
 
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
-    """Everything after the process group exists: set-up, the training loop, the run's summary."""
-    trainer = _setup(args, ds_cfg)
+    """Everything after the process group exists: data, engine, set-up, the training loop, the summary."""
+    rank = distributed.rank()
+    runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
+    tokenizer, cache = _load_data(args, rank)
+    engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
     try:
-        summary = _train(trainer)
+        trainer = _setup(args, engine, cache, tokenizer, model_cfg)
+        try:
+            summary = _train(trainer)
+        finally:
+            trainer.close()
     finally:
-        trainer.log.close()
-        if trainer.bar is not None:
-            trainer.bar.close()
-    if trainer.rank == 0:
+        engine.destroy()  # before the process groups go: see GaptEngineMixin.destroy
+    if rank == 0:
         (trainer.run_dir / "summary.json").write_text(
             json.dumps({"step": trainer.step, "world_size": trainer.world, **summary}, indent=2))
     return summary
@@ -202,17 +211,14 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, vocab_size: int):
     return engine, model_cfg
 
 
-def _setup(args: argparse.Namespace, ds_cfg: dict) -> Trainer:
-    """Run files, data, model and engine, evaluator, then the resume (if asked)."""
+def _setup(args: argparse.Namespace, engine, cache, tokenizer, model_cfg) -> Trainer:
+    """Batches, run fingerprint, RNG, evaluator and metrics around the engine, then the resume (if asked)."""
     from gapt_ds import checkpoint
     from gapt_ds.data.batches import PackedBatches
     from gapt_ds.rng import seed_everything
 
     rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(args.run_dir)
-    runtime.write_run_meta(run_dir, ds_cfg, vars(args))
-    tokenizer, cache = _load_data(args, rank)
-    engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
@@ -285,4 +291,4 @@ def _evaluate(t: Trainer) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run_main("gapt-ds train", main))
+    runtime.run_entry(lambda: runtime.run_main("gapt-ds train", main))

@@ -65,3 +65,14 @@ def test_the_overflow_paths_skip_py_uses_exist():
     assert "check_grad_overflow" in inspect.signature(DeepSpeedZeroOptimizer.__init__).parameters
     for name in ("clear_hp_grads", "clear_lp_grads"):
         assert callable(getattr(BF16_Optimizer, name, None)), name
+
+
+def test_the_attributes_teardown_releases_exist():
+    from deepspeed.monitor.monitor import MonitorMaster
+    from deepspeed.monitor.tensorboard import TensorBoardMonitor
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    engine_init = inspect.getsource(DeepSpeedEngine.__init__)
+    assert "self.module_forward_pre_hook =" in engine_init and "self.module_forward_post_hook =" in engine_init
+    assert "self.tb_monitor =" in inspect.getsource(MonitorMaster.__init__)
+    assert "self.summary_writer =" in inspect.getsource(TensorBoardMonitor.__init__)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -129,14 +128,22 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 
 def _run(args: argparse.Namespace, cfg: dict) -> dict:
-    """Train on A, then on B; evaluate after each; write ``summary.json`` and the ``eval/`` scalars."""
+    """The MLP in a GAPT engine, trained and evaluated (``_train_and_evaluate``), then released."""
     import gapt_ds
-    from gapt_ds.metrics import MetricsWriter, eval_tag
 
     torch.manual_seed(args.seed)
     model, tasks = MLP(), Tasks(args.seed)
     engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=cfg,
                                     mbe_modules=[model.act])
+    try:
+        return _train_and_evaluate(args, engine, model, tasks)
+    finally:
+        engine.destroy()  # before the process groups go: see GaptEngineMixin.destroy
+
+
+def _train_and_evaluate(args: argparse.Namespace, engine, model: MLP, tasks: Tasks) -> dict:
+    from gapt_ds.metrics import MetricsWriter, eval_tag
+
     rank = engine.global_rank
     g = torch.Generator().manual_seed(1000 + args.seed * 100 + rank)
     held_out = {t: tasks.sample(t, 2000, torch.Generator().manual_seed(7 + args.seed)) for t in "AB"}
@@ -168,4 +175,4 @@ def _run(args: argparse.Namespace, cfg: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run_main("gapt-ds recipe forgetting", main))
+    runtime.run_entry(lambda: runtime.run_main("gapt-ds recipe forgetting", main))
