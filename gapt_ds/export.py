@@ -67,7 +67,11 @@ def model_config(args: dict):
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """Full weights of one checkpoint tag: fp32 masters merged over ranks (ZeRO 1-3), or the module (ZeRO-0)."""
+    """Full weights of one checkpoint tag: fp32 masters merged over ranks (ZeRO 1-3), or the module (ZeRO-0).
+    Every file is read with the restricted unpickler first: nothing in the tag can run code."""
+    from gapt_ds.safe_load import safe_load, verify_tag
+
+    verify_tag(tag_dir)  # before DeepSpeed's zero_to_fp32, which unpickles with weights_only=False
     if list(tag_dir.glob("*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -75,7 +79,7 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     files = sorted(tag_dir.glob("mp_rank_00_model_states.pt"))
     if not files:
         raise ValueError(f"{tag_dir} has neither ZeRO optimizer partitions nor mp_rank_00_model_states.pt")
-    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return safe_load(files[0])["module"]
 
 
 def _save_tokenizer(spec: str, out_dir: Path) -> None:

@@ -111,6 +111,10 @@ def test_token_cache_builds_once_reuses_and_detects_truncation(tmp_path):
         f.truncate(10)
     with pytest.raises(ValueError, match="truncated"):
         build_cache(pattern, tok, str(tmp_path / "cache"), val_every=5, show_progress=False)
+    meta = json.loads((other.path / "meta.json").read_text())
+    (other.path / "meta.json").write_text(json.dumps({**meta, "dtype": "object"}))  # would map bytes as pointers
+    with pytest.raises(ValueError, match="dtype 'object' is not uint16/uint32"):
+        build_cache(pattern, tok, str(tmp_path / "cache"), val_every=4, show_progress=False)
 
 
 def test_tokenizer_vocab_mismatch_is_reported(tmp_path):

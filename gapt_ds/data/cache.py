@@ -85,6 +85,8 @@ def open_cache(root: Path) -> TokenCache:
     if not meta_file.is_file():
         raise ValueError(f"token cache {root} is incomplete (no meta.json); delete it and rebuild")
     meta = json.loads(meta_file.read_text())
+    if meta.get("dtype") not in ("uint16", "uint32"):  # np.memmap of "object" would read raw bytes as pointers
+        raise ValueError(f"{meta_file}: dtype {meta.get('dtype')!r} is not uint16/uint32: not a gapt-ds token cache")
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split, n in meta["tokens"].items():
         size = (root / f"{split}.bin").stat().st_size
