@@ -11,12 +11,13 @@ import atexit
 import gc
 import os
 import sys
-from typing import Any, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 Group = Optional[dist.ProcessGroup]
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -44,6 +45,39 @@ def all_gather_object(obj: Any, group: Group = None) -> list[Any]:
     out: list[Any] = [None] * world_size(group)
     dist.all_gather_object(out, obj, group=group)
     return out
+
+
+def broadcast_object(obj: T, group: Group = None) -> T:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    if not is_distributed() or world_size(group) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def rank0_decides(decide: Callable[[], T], share: bool = False) -> Optional[T]:
+    """Run ``decide`` on rank 0 only and make every rank share the outcome (one broadcast).
+
+    If it raises, rank 0 re-raises its exception and every other rank raises a ValueError with the same
+    message, marked ``reported_elsewhere`` so that it is printed once. With ``share``, the result is sent
+    to every rank; otherwise the other ranks get None.
+    """
+    failure: Optional[BaseException] = None
+    error = result = None
+    if rank() == 0:
+        try:
+            result = decide()
+        except BaseException as exc:  # every rank must hear about it, or the others wait forever
+            failure, error = exc, str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    error, shared = broadcast_object([error, result if share else None])
+    if failure is not None:
+        raise failure
+    if error is not None:
+        err = ValueError(error)
+        err.reported_elsewhere = True  # type: ignore[attr-defined]
+        raise err
+    return shared if share else result
 
 
 def reduce_scatter_sum(out: torch.Tensor, inp: torch.Tensor, group: Group = None) -> torch.Tensor:

@@ -7,7 +7,8 @@ Every entry point (``gapt-ds SUBCOMMAND``, ``python -m gapt_ds.train`` under a l
         write_run_meta(run_dir, ds_config, vars(args))
         ...
 
-``run_main`` turns a user mistake (a ``ValueError``) into ``PROG: error: MESSAGE`` and exit status 2;
+``run_main`` turns a user mistake (a ``ValueError``) into ``PROG: error: MESSAGE`` and exit status 2 (an
+error with ``exit_code`` into that status), printed once when another rank reported it already;
 ``run_entry`` ends the process safely after collectives.
 """
 
@@ -33,9 +34,12 @@ def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[st
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = main(argv)
-    except ValueError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # user mistakes (ValueError) and failures that explain themselves (exit_code)
+        if not isinstance(err, ValueError) and not hasattr(err, "exit_code"):
+            raise
+        if not getattr(err, "reported_elsewhere", False):  # else another rank printed it already
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     if show:
         print(result)
     return 0
@@ -85,8 +89,11 @@ def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
     inside the block first: see ``GaptEngineMixin.destroy``)."""
     import deepspeed
 
+    from deepspeed.accelerator import get_accelerator
+
     prepare_process(master_port)
     deepspeed.init_distributed()
+    get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))  # as engines do; collectives may come first
     try:
         yield
         distributed.barrier()

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from gapt_ds import distributed, runtime
+from gapt_ds import distributed, resume, rundir, runtime
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.evaluate import Evaluator
 from gapt_ds.metrics import MetricsWriter
-from gapt_ds.models import PRESETS
+from gapt_ds.models import PRESETS, gpt2_config
 from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per rank")
     t.add_argument("--arith-eval", type=int, default=256, help="arithmetic ID/OOD problems per evaluation (0: off)")
     t.add_argument("--save-every", type=int, default=100, help="checkpoint period in steps (0: only at the end)")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of `--run-dir`")
+    t.add_argument("--keep-last", type=int, default=0, help="keep only the newest K complete checkpoints (0: keep all)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of `--run-dir`")
+    t.add_argument("--allow-config-change", action="store_true", help="with `--resume`: accept a changed DeepSpeed "
+                   "config or arguments (logged); see \"Failure behaviour\"")
+    t.add_argument("--overwrite", action="store_true", help="delete the previous run in `--run-dir` (its checkpoints, "
+                   "metrics, TensorBoard files) and start again")
     t.add_argument("--seed", type=int, default=0, help="model init, data order and per-rank RNG")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (rank 0's bar shows step, CE, MBE, phase, tokens/s)")
@@ -82,7 +87,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for name in ("seq_len", "steps", "eval_batches", "val_every"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("eval_every", "save_every", "arith_eval"):
+    for name in ("eval_every", "save_every", "arith_eval", "keep_last"):
         if getattr(args, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -97,8 +102,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             problems.append(f"--{name.replace('_', '-')}: file not found: {path}")
     if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
         problems.append(f"--init-from {args.init_from}: not a Hugging Face model directory (no config.json)")
-    if args.resume and not (Path(args.run_dir) / "checkpoints" / "latest").is_file():
-        problems.append(f"--resume: no checkpoint in {Path(args.run_dir) / 'checkpoints'}")
+    ckpt_dir = Path(args.run_dir) / "checkpoints"
+    if args.resume and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+        problems.append(f"--resume: no checkpoint in {ckpt_dir}")
+    if args.resume and args.overwrite:
+        problems.append("--resume and --overwrite exclude each other")
     if problems:
         raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
     return args
@@ -126,7 +134,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     ds_cfg, _ = resolve_ds_config(args)
     with runtime.process_group():
-        return _run(args, ds_cfg)
+        # rank 0 locks the run directory and applies its rules before anything is written (rundir.py)
+        lock = distributed.rank0_decides(lambda: rundir.admit(Path(args.run_dir), args.resume, args.overwrite))
+        try:
+            return _run(args, ds_cfg)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 @dataclass
@@ -139,6 +153,7 @@ class Trainer:
     evaluator: Evaluator
     log: MetricsWriter
     fingerprint: dict
+    settings: dict
     rank: int
     world: int
     step: int = 0
@@ -157,12 +172,20 @@ class Trainer:
 
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     """Everything after the process group exists: data, engine, set-up, the training loop, the summary."""
-    rank = distributed.rank()
-    runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
+    rank, world = distributed.rank(), distributed.world_size()
     tokenizer, cache = _load_data(args, rank)
-    engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
+    model_cfg = gpt2_config(args.model, vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, dropout=args.dropout,
+                            config_json=args.model_config)
+    fingerprint = run_fingerprint(args, cache.meta, model_cfg, world, *batch_shape(ds_cfg, world))
+    settings = resume.settings(ds_cfg, vars(args))
+    resumed = None
+    if args.resume:  # nothing in the run directory changes before this check passes
+        resumed = distributed.rank0_decides(lambda: resume.admit(
+            Path(args.run_dir) / "checkpoints", fingerprint, settings, args.allow_config_change), share=True)
+    runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
+    engine = _build_engine(args, ds_cfg, model_cfg, tokenizer.vocab_size)
     try:
-        trainer = _setup(args, engine, cache, tokenizer, model_cfg)
+        trainer = _setup(args, engine, cache, tokenizer, fingerprint, settings, resumed)
         try:
             summary = _train(trainer)
         finally:
@@ -191,13 +214,26 @@ def _load_data(args: argparse.Namespace, rank: int):
     return tokenizer, cache
 
 
-def _build_engine(args: argparse.Namespace, ds_cfg: dict, vocab_size: int):
+def batch_shape(cfg: dict, world: int) -> tuple[int, int]:
+    """(micro-batch per rank, accumulation steps) as DeepSpeed derives them from the config."""
+    micro = int(cfg["train_micro_batch_size_per_gpu"])
+    if "gradient_accumulation_steps" in cfg:
+        return micro, int(cfg["gradient_accumulation_steps"])
+    return micro, (int(cfg["train_batch_size"]) // (micro * world) if "train_batch_size" in cfg else 1)
+
+
+def run_fingerprint(args: argparse.Namespace, cache_meta: dict, model_cfg, world: int, micro: int, gas: int) -> dict:
+    """The settings a checkpoint can only be resumed with (data position, RNG states and weights depend on them)."""
+    return {"data": cache_meta["source"], "tokenizer": cache_meta["tokenizer"], "seq_len": args.seq_len,
+            "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,
+            "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
+
+
+def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size: int):
     """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine."""
     import gapt_ds
-    from gapt_ds.models import build_gpt2, gpt2_config
+    from gapt_ds.models import build_gpt2
 
-    model_cfg = gpt2_config(args.model, vocab_size=vocab_size, seq_len=args.seq_len, dropout=args.dropout,
-                            config_json=args.model_config)
     model = build_gpt2(model_cfg, seed=args.seed, init_from=args.init_from)
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"tokenizer/vocab mismatch: the tokenizer has {vocab_size} tokens, "
@@ -208,11 +244,13 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, vocab_size: int):
     with muon_grouping(model, engine_cfg):
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
-    return engine, model_cfg
+    return engine
 
 
-def _setup(args: argparse.Namespace, engine, cache, tokenizer, model_cfg) -> Trainer:
-    """Batches, run fingerprint, RNG, evaluator and metrics around the engine, then the resume (if asked)."""
+def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict, settings: dict,
+           resumed: Optional[tuple[str, list]]) -> Trainer:
+    """Batches, RNG, evaluator and metrics around the engine, then the resume: ``resumed`` is the tag and the
+    config changes that ``resume.admit`` accepted."""
     from gapt_ds import checkpoint
     from gapt_ds.data.batches import PackedBatches
     from gapt_ds.rng import seed_everything
@@ -220,24 +258,25 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, model_cfg) -> Tra
     rank, world = distributed.rank(), distributed.world_size()
     run_dir = Path(args.run_dir)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    assert (micro, gas) == (fingerprint["micro_batch"], fingerprint["grad_accum"])  # batch_shape is DeepSpeed's rule
     batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
     if rank == 0 and len(cache.split("val")) < val_needed:
         warnings.warn(f"the validation split has {len(cache.split('val'))} tokens, fewer than one micro-batch on every "
                       f"rank ({val_needed}): no validation CE will be logged; lower --val-every for more")
-    fingerprint = {"data": cache.meta["source"], "tokenizer": cache.meta["tokenizer"], "seq_len": args.seq_len,
-                   "world_size": world, "micro_batch": micro, "grad_accum": gas, "seed": args.seed,
-                   "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
     seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
     arith = args.arith_eval if args.data == "arithmetic" else 0
     evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
                           rank, world)
     log = MetricsWriter(engine.monitor, rank, jsonl=run_dir / "metrics.jsonl")
-    trainer = Trainer(args, engine, batches, evaluator, log, fingerprint, rank, world)
-    if args.resume:
-        state = checkpoint.load(engine, run_dir / "checkpoints", fingerprint)
+    trainer = Trainer(args, engine, batches, evaluator, log, fingerprint, settings, rank, world)
+    if resumed is not None:
+        tag, changes = resumed
+        state = checkpoint.load(engine, run_dir / "checkpoints" / tag)
         trainer.step, trainer.micro_batches = state["step"], state["micro_batches"]
-        trainer.log.record(event="resume", step=trainer.step)
+        trainer.log.record(event="resume", step=trainer.step, tag=tag)
+        if changes:
+            trainer.log.record(event="config_change", step=trainer.step, changes=changes)
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
 
@@ -257,7 +296,8 @@ def _train(t: Trainer) -> dict:
         if last or (args.eval_every and t.step % args.eval_every == 0):
             summary = _evaluate(t)
         if last or (args.save_every and t.step % args.save_every == 0):
-            checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint)
+            checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint, t.settings,
+                            args.keep_last)
     return summary
 
 

@@ -160,7 +160,7 @@ def test_single_process_run_and_clear_errors_for_bad_inputs(tmp_path):
     tag_dir = tmp_path / "single" / "checkpoints" / "step4"
     optim = next(tag_dir.glob("*optim_states.pt"))
     optim.write_bytes(optim.read_bytes()[:100])
-    assert "truncated, corrupt" in fails("--steps", "6", "--resume")  # found while DeepSpeed loads
+    assert f"cannot read {optim}: it is truncated or corrupt" in fails("--steps", "6", "--resume")  # before loading
     model_states = tag_dir / "mp_rank_00_model_states.pt"
     model_states.write_bytes(model_states.read_bytes()[:100])
     assert "truncated or corrupt" in fails("--steps", "6", "--resume")  # found before anything is loaded

@@ -1,0 +1,124 @@
+"""``--resume`` admission: the checkpoint's settings against this run's, before anything is loaded or written.
+
+Fixed settings (data, tokenizer, sequence length, world size, micro-batch, accumulation, seed, model) can
+never change: the data position, the per-rank RNG states and the weights depend on them. Every other
+DeepSpeed config key (the ``"gapt"`` block included) and training argument may change only with
+``--allow-config-change``, except the ones below, which never affect the trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+# training arguments free to change on resume: budget, evaluation, saving, logging, paths, launcher plumbing
+MAY_CHANGE_ARGS = frozenset({
+    "steps", "eval_every", "eval_batches", "arith_eval", "save_every", "keep_last", "no_progress", "run_dir",
+    "cache_dir", "deepspeed_config", "local_rank", "deepspeed", "resume", "overwrite", "allow_config_change",
+    "max_skipped_steps", "dist_timeout"})
+# arguments compared through the fixed fingerprint instead (their resolved values)
+FIXED_ARGS = frozenset({"data", "tokenizer", "seq_len", "seed", "model", "model_config", "init_from", "dropout"})
+# model config keys that may change (with --allow-config-change): regularisation, not the weights' shapes
+SOFT_MODEL_KEYS = frozenset({"attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_first_dropout"})
+# DeepSpeed config sections and "gapt" keys that only change what is logged or measured
+MAY_CHANGE_CONFIG = frozenset({
+    "tensorboard", "wandb", "csv_monitor", "comet", "steps_per_print", "wall_clock_breakdown", "flops_profiler",
+    "comms_logger", "gapt.alignment_every"})
+_UNSET = object()
+Change = tuple[str, Any, Any]
+
+
+def diff(old: Any, new: Any, path: str = "") -> list[Change]:
+    """Every (key path, old, new) where two JSON-like values differ; dicts are compared key by key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[Change] = []
+        for key in sorted(old.keys() | new.keys(), key=str):
+            out += diff(old.get(key, _UNSET), new.get(key, _UNSET), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if old == new else [(path, old, new)]
+
+
+def settings(ds_config: dict, args: dict) -> dict:
+    """What a checkpoint records of its run, to compare on resume."""
+    return {"ds_config": ds_config, "args": args}
+
+
+def config_changes(saved: dict, current: dict) -> list[Change]:
+    """The differences that ``--allow-config-change`` must accept."""
+    changes = [(f"ds_config.{p}", a, b) for p, a, b in diff(saved["ds_config"], current["ds_config"])
+               if not any(p == k or p.startswith(k + ".") for k in MAY_CHANGE_CONFIG)]
+    old_args, new_args = saved["args"], current["args"]
+    for key in sorted(old_args.keys() & new_args.keys() - MAY_CHANGE_ARGS - FIXED_ARGS):  # options of both versions
+        if old_args[key] != new_args[key]:
+            changes.append((f"args.{key}", old_args[key], new_args[key]))
+    return changes
+
+
+def fixed_changes(saved: dict, current: dict) -> list[Change]:
+    """Differences in the fingerprint, which no flag can accept; a model config is compared key by key."""
+    def expand(fp: dict) -> dict:
+        model = fp.get("model")
+        return {**fp, "model": json.loads(model)} if isinstance(model, str) and model.lstrip().startswith("{") else fp
+
+    return diff(expand(saved), expand(current))
+
+
+def _is_soft(change: Change) -> bool:
+    path = change[0].split(".")
+    return len(path) == 2 and path[0] == "model" and path[1] in SOFT_MODEL_KEYS
+
+
+def _show(value: Any) -> str:
+    text = "(unset)" if value is _UNSET else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(changes: list[Change], suffix: str = "") -> str:
+    return "\n".join(f"  {path}: {_show(old)} -> {_show(new)}{suffix}" for path, old, new in changes)
+
+
+def check(tag_dir: Path, run_state: dict, fingerprint: dict, current: dict, allow_change: bool) -> list[Change]:
+    """Refuse (ValueError listing every difference) unless only allowed changes were made; returns the
+    accepted config changes, already reported as a warning."""
+    model_and_fixed = fixed_changes(run_state["fingerprint"], fingerprint)
+    fixed = [c for c in model_and_fixed if not _is_soft(c)]
+    saved = run_state.get("settings")
+    if saved is None:
+        warnings.warn(f"{tag_dir} does not record its DeepSpeed config and arguments (an older gapt-ds): "
+                      "config changes on this resume are not checked")
+    changes = [c for c in model_and_fixed if _is_soft(c)] + (config_changes(saved, current) if saved else [])
+    if fixed or (changes and not allow_change):
+        lines = [f"{tag_dir} was written by a run with other settings:"]
+        if fixed:
+            lines.append(describe(fixed, "  (fixed)"))
+        if changes:
+            lines.append(describe(changes))
+        lines.append("Settings marked (fixed) can never change on resume: use a new --run-dir." if fixed else
+                     "Pass --allow-config-change to resume with these changes.")
+        raise ValueError("\n".join(lines))
+    if changes:
+        warnings.warn(f"--allow-config-change: resuming {tag_dir} with changed settings:\n{describe(changes)}")
+    return changes
+
+
+def as_records(changes: list[Change]) -> list[dict]:
+    """The changes as JSON rows for ``metrics.jsonl``."""
+    return [{"key": path, "old": None if old is _UNSET else old, "new": None if new is _UNSET else new}
+            for path, old, new in changes]
+
+
+def admit(ckpt_dir: Path, fingerprint: dict, current: dict, allow_change: bool) -> tuple[str, list[dict]]:
+    """Rank 0, before the engine exists: pick the complete tag to resume, check its files unpickle safely and
+    its settings match. Returns (tag, accepted config changes as records)."""
+    from gapt_ds import checkpoint
+    from gapt_ds.safe_load import verify_tag
+
+    try:
+        tag_dir = checkpoint.tag_directory(ckpt_dir)
+        verify_tag(tag_dir)  # DeepSpeed's load_checkpoint unpickles with weights_only=False
+        changes = check(tag_dir, checkpoint.peek_run_state(tag_dir), fingerprint, current, allow_change)
+    except ValueError as err:
+        raise ValueError(f"--resume: {err}") from None
+    return tag_dir.name, as_records(changes)
