@@ -90,9 +90,12 @@ def test_clear_errors_for_what_is_not_a_gapt_ds_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="no 'latest' file"):
         export(empty, tmp_path / "out")
     (empty / "latest").write_text("step3")
-    with pytest.raises(ValueError, match="checkpoint 'step3' does not exist"):
+    with pytest.raises(ValueError, match="'latest' names step3, which does not exist"):
         export(tmp_path / "run", tmp_path / "out")  # RUN_DIR is accepted for RUN_DIR/checkpoints
     (empty / "step3").mkdir()
+    with pytest.raises(ValueError, match="'latest' names step3, which is incomplete"):
+        export(empty, tmp_path / "out")
+    (empty / "step3" / "gapt_complete.json").write_text('{"step": 3}')
     with pytest.raises(ValueError, match="no args.json: not a run directory written by gapt-ds train"):
         export(empty, tmp_path / "out")
     (tmp_path / "run" / "args.json").write_text(json.dumps({"model": "tiny"}))
