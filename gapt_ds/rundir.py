@@ -28,9 +28,20 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "args.json", "ds_config.json")
 RUN_DIRS = ("checkpoints", "tensorboard")
 
 
+def _pid_space() -> str:
+    """This machine's boot and PID namespace: containers on several nodes may share one host name, and a PID
+    only means something within one of these."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: the host name alone
+        return ""
+
+
 def _me() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "pid_space": _pid_space(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
             "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
 
 
@@ -58,8 +69,8 @@ def _stale_reason(holder: dict, me: dict) -> Optional[str]:
     if holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"] and \
             holder.get("slurm_restart", 0) < me["slurm_restart"]:
         return f"taken by an earlier run of the requeued Slurm job {holder['slurm_job']}"
-    if holder.get("host") != me["host"]:
-        return None
+    if holder.get("host") != me["host"] or holder.get("pid_space") != me["pid_space"]:
+        return None  # another machine or container: its PIDs cannot be checked from here
     try:
         proc = psutil.Process(holder["pid"])
         alive = proc.create_time() == holder.get("pid_started") and proc.status() != psutil.STATUS_ZOMBIE

@@ -16,7 +16,7 @@ from gapt_ds import rundir
 
 def write_lock(run_dir, **fields):
     record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time(),
-              "started": "then", "slurm_job": None, "slurm_restart": 0, **fields}
+              "pid_space": rundir._pid_space(), "started": "then", "slurm_job": None, "slurm_restart": 0, **fields}
     (run_dir / rundir.LOCK_NAME).write_text(json.dumps(record))
     return record
 
@@ -56,6 +56,9 @@ def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(tmp_path):
     msg = str(err.value)
     assert "PID 4242 on host node-017" in msg and f"delete {tmp_path / rundir.LOCK_NAME}" in msg
     assert json.loads((tmp_path / rundir.LOCK_NAME).read_text())["host"] == "node-017"  # untouched
+    write_lock(tmp_path, pid=dead_pid(), pid_space="another-boot/4026531836")  # same host name, other container
+    with pytest.raises(ValueError, match="in use by another gapt-ds run"):
+        rundir.acquire_lock(tmp_path)
 
 
 def test_a_requeued_slurm_job_clears_its_earlier_incarnations_lock(tmp_path, monkeypatch):
