@@ -3,9 +3,10 @@ run never writes over a previous one.
 
 The lock is ``RUN_DIR/gapt-ds.lock``, created with ``O_CREAT | O_EXCL`` (atomic on local filesystems and on
 NFSv3+, Lustre and GPFS, so ranks on several hosts sharing the run directory need nothing else). It holds
-the holder's host, PID, process start time and Slurm job. A lock is stale, and is cleared with a warning,
-when its holder is on this host and no longer running (PID gone, or reused by another process), or when it
-was taken by an earlier incarnation of the same requeued Slurm job. A lock held from another host is never
+the holder's host, PID, process start time, machine (boot id and PID namespace) and Slurm job. A lock is
+stale, and is cleared with a warning, when its holder ran on this machine and is no longer running (PID
+gone, reused by another process, or a zombie), or when it was taken by an earlier incarnation of the same
+requeued Slurm job. A lock held from another host is never
 cleared automatically: the error names the host and PID, and deleting the file clears it.
 """
 
