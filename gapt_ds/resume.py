@@ -17,7 +17,7 @@ from typing import Any
 MAY_CHANGE_ARGS = frozenset({
     "steps", "eval_every", "eval_batches", "arith_eval", "save_every", "keep_last", "no_progress", "run_dir",
     "cache_dir", "deepspeed_config", "local_rank", "deepspeed", "resume", "overwrite", "allow_config_change",
-    "max_skipped_steps", "dist_timeout"})
+    "max_skipped_steps", "dist_timeout", "recipe"})
 # arguments compared through the fixed fingerprint instead (their resolved values)
 FIXED_ARGS = frozenset({"data", "tokenizer", "seq_len", "seed", "model", "model_config", "init_from", "dropout"})
 # model config keys that may change (with --allow-config-change): regularisation, not the weights' shapes
