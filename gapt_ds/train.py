@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     """Everything after the process group exists: data, engine, set-up, the training loop, the summary."""
     rank = distributed.rank()
     runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
-    tokenizer, cache = _load_data(args, rank)
+    tokenizer, cache = _load_data(args)
     engine, model_cfg = _build_engine(args, ds_cfg, tokenizer.vocab_size)
     try:
         trainer = _setup(args, engine, cache, tokenizer, model_cfg)
@@ -175,19 +175,15 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     return summary
 
 
-def _load_data(args: argparse.Namespace, rank: int):
-    """The tokenizer and the token cache (rank 0 builds it; the others wait, then open it)."""
-    from gapt_ds.data.cache import build_cache
+def _load_data(args: argparse.Namespace):
+    """The tokenizer and the token cache (built once per filesystem, then opened by every rank)."""
+    from gapt_ds.data.cache_sync import prepare_cache
     from gapt_ds.data.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
-    if rank == 0:
-        build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
-                    show_progress=not args.no_progress)
-    distributed.barrier()
-    cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
-                        show_progress=False)
+    cache = prepare_cache(args.data, tokenizer, cache_dir, show_progress=not args.no_progress,
+                          max_tokens=args.max_tokens, val_every=args.val_every, seed=args.seed)
     return tokenizer, cache
 
 

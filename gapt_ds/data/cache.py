@@ -42,11 +42,16 @@ def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int,
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+def cache_root(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
+               seed: int = 0) -> Path:
+    """The directory ``build_cache`` writes for these settings (complete once it holds ``meta.json``)."""
+    return Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
+
+
 def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
                 seed: int = 0, show_progress: bool = True) -> TokenCache:
-    """Tokenize ``source`` into the cache, or open it if it is complete. Every rank calls it: rank 0 first
-    (it writes), the others after a barrier (they find the finished cache and only open it)."""
-    root = Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
+    """Tokenize ``source`` into the cache (or reuse it); call on one rank per filesystem (see ``cache_sync``)."""
+    root = cache_root(source, tokenizer, cache_dir, max_tokens, val_every, seed)
     if (root / "meta.json").is_file():
         return open_cache(root)
     dtype = _dtype(tokenizer.vocab_size)
