@@ -120,3 +120,79 @@ def test_one_cache_build_per_filesystem(tmp_path):
     assert [r["shared"]["built"] for r in res] == [[str(tmp_path / "shared")], [], []]
     assert [Path(r["local"]["path"]).parent for r in res] == [Path(dirs[0]), Path(dirs[1]), Path(dirs[1])]
     assert len({r[case]["train"] for r in res for case in ("local", "shared")}) == 1  # identical tokens everywhere
+
+
+SSHD = Path("/usr/sbin/sshd")
+HOSTS = ("127.0.0.2", "127.0.0.3")  # loopback aliases: every 127/8 address reaches this machine
+
+
+@pytest.fixture
+def sshd_hosts(tmp_path):
+    """An sshd on two loopback aliases, a throwaway key pair, and an `ssh` on PATH that uses them."""
+    import shutil
+    import socket
+    import time
+
+    if not (SSHD.is_file() and shutil.which("pdsh")) or os.geteuid() != 0:
+        pytest.skip("needs root, openssh-server and pdsh (apt-get install -y openssh-server pdsh)")
+    d = tmp_path / "ssh"
+    (d / "bin").mkdir(parents=True)
+    for key in ("hostkey", "userkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    (d / "authorized_keys").write_text((d / "userkey.pub").read_text())
+    port = free_port()
+    listen = "".join(f"ListenAddress {h}:{port}\n" for h in HOSTS)
+    (d / "sshd_config").write_text(
+        f"{listen}HostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n"
+        "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\n")
+    (d / "ssh_config").write_text(
+        f"Host {' '.join(HOSTS)}\n  Port {port}\n  IdentityFile {d}/userkey\n  IdentitiesOnly yes\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n")
+    (d / "bin" / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n")
+    (d / "bin" / "ssh").chmod(0o755)
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection((HOSTS[1], port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, server.stderr.read() if server.poll() else "timeout"
+            time.sleep(0.1)
+    yield d
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_pdsh_over_real_ssh_two_nodes_equals_one_node(tmp_path, sshd_hosts):
+    """launch/deepspeed_multinode.sh's pdsh form: DeepSpeed reaches both "hosts" over ssh; a run dir with shell
+    syntax in its name arrives unchanged."""
+    config = write_ds_config(tmp_path / "ds.json", stage=2, **SWITCHY_GATE)
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"{h} slots=1\n" for h in HOSTS))
+    ds_env = tmp_path / "deepspeed_env"  # what DeepSpeed exports to the remote shells
+    ds_env.write_text(f"DS_ACCELERATOR=cpu\nOMP_NUM_THREADS=1\nGAPT_DS_CACHE={tmp_path}/cache-pdsh\n")
+    run_dir = "two;pdsh (ssh)"
+    args = [a if a != str(tmp_path / "two") else str(tmp_path / run_dir) for a in _args(tmp_path, "two")]
+    proc = subprocess.run(["bash", str(ROOT / "launch" / "deepspeed_multinode.sh"), *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=400,
+                          env=env(HOSTFILE=str(hostfile), DS_CONFIG=str(config), MASTER_ADDR="127.0.0.1",
+                                  DS_ENV_FILE=str(ds_env), PYTHON=sys.executable,
+                                  PATH=f"{sshd_hosts}/bin{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pdsh" in proc.stdout + proc.stderr  # DeepSpeed took the pdsh path, not a local launch
+    one = subprocess.run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                          "--module", "gapt_ds.train", "--deepspeed_config", str(config), *_args(tmp_path, "one"),
+                          "--cache-dir", str(tmp_path / "cache-one")], cwd=ROOT, env=env(), capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two, ref = metrics(tmp_path / run_dir), metrics(tmp_path / "one")
+    assert sorted(two) == sorted(ref) == list(range(1, 9))
+    for s in ref:
+        assert two[s]["phase"] == ref[s]["phase"], s
+        assert two[s]["ce"] == pytest.approx(ref[s]["ce"], rel=1e-6, abs=1e-7), s
