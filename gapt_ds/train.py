@@ -27,6 +27,7 @@ from typing import Any, Optional
 from gapt_ds import distributed, runtime
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
+from gapt_ds.data.tokenize_pool import default_workers
 from gapt_ds.evaluate import Evaluator
 from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop tokenizing after this many training tokens (needed for streamed hub data)")
     d.add_argument("--val-every", type=int, default=50, help="every N-th document goes to the validation split")
     d.add_argument("--cache-dir", default=None, help="token cache root (none: `$GAPT_DS_CACHE` or `~/.cache/gapt-ds`)")
+    d.add_argument("--tokenize-workers", type=int, default=None,
+                   help="processes that tokenize the source when the cache is built (none: min(4, CPUs)); "
+                   "the cache is byte-identical for any number")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="tiny", help="preset: " + ", ".join(
         f"`{name}` ({cfg['n_layer']}×{cfg['n_embd']})" for name, cfg in PRESETS.items()))
@@ -79,7 +83,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse and validate; every problem is reported at once."""
     args = build_parser().parse_args(argv)
     problems = []
-    for name in ("seq_len", "steps", "eval_batches", "val_every"):
+    if args.tokenize_workers is None:
+        args.tokenize_workers = default_workers()
+    for name in ("seq_len", "steps", "eval_batches", "val_every", "tokenize_workers"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("eval_every", "save_every", "arith_eval"):
@@ -183,7 +189,8 @@ def _load_data(args: argparse.Namespace):
     tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
     cache = prepare_cache(args.data, tokenizer, cache_dir, show_progress=not args.no_progress,
-                          max_tokens=args.max_tokens, val_every=args.val_every, seed=args.seed)
+                          workers=args.tokenize_workers, max_tokens=args.max_tokens, val_every=args.val_every,
+                          seed=args.seed)
     return tokenizer, cache
 
 

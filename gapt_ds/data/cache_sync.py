@@ -24,19 +24,20 @@ def local_rank() -> int:
     return 0
 
 
-def prepare_cache(source: str, tokenizer, cache_dir: str, show_progress: bool = True, **settings) -> TokenCache:
+def prepare_cache(source: str, tokenizer, cache_dir: str, show_progress: bool = True, workers: int = 1,
+                  **settings) -> TokenCache:
     """Build the cache once per filesystem and open it on every rank; collective over the default group.
 
-    ``settings`` are ``build_cache``'s (``max_tokens``, ``val_every``, ``seed``, ...).
+    ``workers``: tokenizer processes of the building rank. ``settings``: ``max_tokens``, ``val_every``, ``seed``.
     """
     rank = distributed.rank()
     if rank == 0:
-        build_cache(source, tokenizer, cache_dir, show_progress=show_progress, **settings)
+        build_cache(source, tokenizer, cache_dir, show_progress=show_progress, workers=workers, **settings)
     distributed.barrier()
     root = cache_root(source, tokenizer, cache_dir, **settings)
     if rank != 0 and local_rank() == 0 and not (root / "meta.json").is_file():
         print(f"[rank {rank}] token cache {root} is not on this node (--cache-dir is not shared with rank 0): "
               "building this node's copy", file=sys.stderr, flush=True)
-        build_cache(source, tokenizer, cache_dir, show_progress=False, **settings)
+        build_cache(source, tokenizer, cache_dir, show_progress=False, workers=workers, **settings)
     distributed.barrier()
     return open_cache(root)

@@ -63,6 +63,9 @@ class SentencePieceTokenizer:
             raise ValueError(f"{self.path} has no EOS piece; train it with eos_id >= 0 (gapt-ds tokenizer does)")
         self.eos_id = eos
 
+    def __reduce__(self):  # pickled (to tokenizer worker processes) as its file, reloaded there
+        return type(self), (str(self.path),)
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
@@ -90,6 +93,9 @@ class GPT2BPETokenizer:
         if "<|endoftext|>" not in vocab:
             raise ValueError(f"{d / 'vocab.json'} has no <|endoftext|> token")
         self.eos_id = vocab["<|endoftext|>"]
+
+    def __reduce__(self):  # pickled (to tokenizer worker processes) as its directory, reloaded there
+        return type(self), (str(self.dir),)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text)
