@@ -59,6 +59,10 @@ def test_tokenizers_cross_to_worker_processes(tmp_path):
         copy = pickle.loads(pickle.dumps(tok))
         text = "12x3=36\n" if isinstance(tok, CharTokenizer) else "the gate entropy of memorization"
         assert copy.encode(text) == tok.encode(text) and copy.fingerprint() == tok.fingerprint()
+        assert copy.decode(copy.encode(text)) == text
+    bpe = gpt2_bpe(tmp_path / "bpe2")
+    text = " memorization, and Compression!  phase\n\ttoken " * 3
+    assert bpe.encode(text) == bpe.tok.encode(text)  # the Rust path is what transformers returns
 
 
 def test_cache_dtype_switches_to_uint32_past_65536_tokens(tmp_path):
