@@ -60,7 +60,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--intra-gbs", type=float, default=360.0, help="NVLink all-reduce bus bandwidth per GPU, GB/s")
-    p.add_argument("--inter-gbs", type=float, default=40.0, help="inter-node bus bandwidth per GPU, GB/s (400 Gb/s NIC)")
+    p.add_argument("--inter-gbs", type=float, default=40.0,
+                   help="inter-node bus bandwidth per GPU, GB/s (400 Gb/s NIC)")
     p.add_argument("--intra-lat-us", type=float, default=5.0)
     p.add_argument("--inter-lat-us", type=float, default=10.0)
     p.add_argument("--tree", action=argparse.BooleanOptionalAction, default=False,

@@ -26,7 +26,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("fp16_skip: no CUDA GPU (fp16 is GPU-only in DeepSpeed); skipped")
         return 0
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29561").items():
+    single = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29561")
+    for key, value in single.items():
         os.environ.setdefault(key, value)
     import gapt_ds
     from gapt_ds.models import build_gpt2, gpt2_config

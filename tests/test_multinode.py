@@ -160,7 +160,8 @@ def sshd_hosts(tmp_path):
             socket.create_connection((HOSTS[1], port), timeout=1).close()
             break
         except OSError:
-            assert server.poll() is None and time.time() < deadline, server.stderr.read() if server.poll() else "timeout"
+            died = server.poll() is not None
+            assert not died and time.time() < deadline, server.stderr.read() if died else "sshd did not listen"
             time.sleep(0.1)
     yield d
     server.terminate()
