@@ -18,7 +18,8 @@ if [ -n "${NO_SSH:-}" ]; then
     --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}" \
     --module gapt_ds.train "${args[@]}"
 fi
-safe=$("${PYTHON:-python}" -m gapt_ds.launch_args "${args[@]}")  # exits 2, naming the problems
+py=${PYTHON:-$(dirname "$(command -v deepspeed)")/python}  # the environment deepspeed runs in
+safe=$("$py" -m gapt_ds.launch_args "${args[@]}")  # exits 2, naming the problems
 mapfile -t args <<< "$safe"
 exec deepspeed --hostfile "$hostfile" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"} \
   --master_port "${MASTER_PORT:-29500}" --module gapt_ds.train "${args[@]}"

@@ -4,7 +4,6 @@
 import json
 import os
 import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def test_pdsh_form_refuses_dangerous_run_dir_before_launching(tmp_path):
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     proc = subprocess.run(["bash", str(ROOT / "launch" / "deepspeed_multinode.sh"), "--run-dir",
                            f"{tmp_path}/$(touch {tmp_path}/PWNED)", "--data", f"{tmp_path}/`touch {tmp_path}/PWNED2`"],
-                          cwd=tmp_path, env=env(HOSTFILE=str(hostfile), PYTHON=sys.executable), capture_output=True,
+                          cwd=tmp_path, env=env(HOSTFILE=str(hostfile)), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "$(touch" in proc.stderr and "`touch" in proc.stderr
@@ -183,7 +182,7 @@ def test_deepspeed_pdsh_over_real_ssh_two_nodes_equals_one_node(tmp_path, sshd_h
     proc = subprocess.run(["bash", str(ROOT / "launch" / "deepspeed_multinode.sh"), *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=400,
                           env=env(HOSTFILE=str(hostfile), DS_CONFIG=str(config), MASTER_ADDR="127.0.0.1",
-                                  DS_ENV_FILE=str(ds_env), PYTHON=sys.executable,
+                                  DS_ENV_FILE=str(ds_env),
                                   PATH=f"{sshd_hosts}/bin{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pdsh" in proc.stdout + proc.stderr  # DeepSpeed took the pdsh path, not a local launch
