@@ -27,6 +27,7 @@ from typing import Any, Optional
 from gapt_ds import distributed, resume, rundir, runtime
 from gapt_ds.algorithms import algorithm_class
 from gapt_ds.config import GaptConfig, load_json
+from gapt_ds.data.tokenize_pool import default_workers
 from gapt_ds.evaluate import Evaluator
 from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS, gpt2_config
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop tokenizing after this many training tokens (needed for streamed hub data)")
     d.add_argument("--val-every", type=int, default=50, help="every N-th document goes to the validation split")
     d.add_argument("--cache-dir", default=None, help="token cache root (none: `$GAPT_DS_CACHE` or `~/.cache/gapt-ds`)")
+    d.add_argument("--tokenize-workers", type=int, default=None,
+                   help="processes that tokenize the source when the cache is built (none: min(4, CPUs)); "
+                   "the cache is byte-identical for any number")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="tiny", help="preset: " + ", ".join(
         f"`{name}` ({cfg['n_layer']}×{cfg['n_embd']})" for name, cfg in PRESETS.items()))
@@ -84,7 +88,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse and validate; every problem is reported at once."""
     args = build_parser().parse_args(argv)
     problems = []
-    for name in ("seq_len", "steps", "eval_batches", "val_every"):
+    if args.tokenize_workers is None:
+        args.tokenize_workers = default_workers()
+    for name in ("seq_len", "steps", "eval_batches", "val_every", "tokenize_workers"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("eval_every", "save_every", "arith_eval", "keep_last"):
@@ -173,7 +179,7 @@ class Trainer:
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     """Everything after the process group exists: data, engine, set-up, the training loop, the summary."""
     rank, world = distributed.rank(), distributed.world_size()
-    tokenizer, cache = _load_data(args, rank)
+    tokenizer, cache = _load_data(args)
     model_cfg = gpt2_config(args.model, vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, dropout=args.dropout,
                             config_json=args.model_config)
     fingerprint = run_fingerprint(args, cache.meta, model_cfg, world, *batch_shape(ds_cfg, world))
@@ -198,19 +204,16 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     return summary
 
 
-def _load_data(args: argparse.Namespace, rank: int):
-    """The tokenizer and the token cache (rank 0 builds it; the others wait, then open it)."""
-    from gapt_ds.data.cache import build_cache
+def _load_data(args: argparse.Namespace):
+    """The tokenizer and the token cache (built once per filesystem, then opened by every rank)."""
+    from gapt_ds.data.cache_sync import prepare_cache
     from gapt_ds.data.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
-    if rank == 0:
-        build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
-                    show_progress=not args.no_progress)
-    distributed.barrier()
-    cache = build_cache(args.data, tokenizer, cache_dir, args.max_tokens, args.val_every, args.seed,
-                        show_progress=False)
+    cache = prepare_cache(args.data, tokenizer, cache_dir, show_progress=not args.no_progress,
+                          workers=args.tokenize_workers, max_tokens=args.max_tokens, val_every=args.val_every,
+                          seed=args.seed)
     return tokenizer, cache
 
 

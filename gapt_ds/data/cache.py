@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import closing  # stops the tokenizer pool as soon as max_tokens ends the loop
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gapt_ds.data.sources import iter_texts, source_fingerprint
+from gapt_ds.data.tokenize_pool import dtype_for, encode_documents
 
 
 @dataclass(frozen=True)
@@ -33,35 +35,38 @@ class TokenCache:
         return np.memmap(self.path / f"{name}.bin", dtype=self.meta["dtype"], mode="r")
 
 
-def _dtype(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= 2**16 else "uint32"
-
-
 def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int, seed: int) -> str:
     parts = [source_fingerprint(source), tokenizer.fingerprint(), str(max_tokens), str(val_every), str(seed)]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+def cache_root(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
+               seed: int = 0) -> Path:
+    """The directory ``build_cache`` writes for these settings (complete once it holds ``meta.json``)."""
+    return Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
+
+
 def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int] = None, val_every: int = 50,
-                seed: int = 0, show_progress: bool = True) -> TokenCache:
-    """Tokenize ``source`` into the cache, or open it if it is complete. Every rank calls it: rank 0 first
-    (it writes), the others after a barrier (they find the finished cache and only open it)."""
-    root = Path(cache_dir) / cache_key(source, tokenizer, max_tokens, val_every, seed)
+                seed: int = 0, show_progress: bool = True, workers: int = 1) -> TokenCache:
+    """Tokenize ``source`` into the cache (or reuse it); call on one rank per filesystem (see ``cache_sync``).
+
+    ``workers`` > 1 tokenizes on that many processes; the cache is byte-identical to ``workers=1``.
+    """
+    root = cache_root(source, tokenizer, cache_dir, max_tokens, val_every, seed)
     if (root / "meta.json").is_file():
         return open_cache(root)
-    dtype = _dtype(tokenizer.vocab_size)
+    dtype = str(dtype_for(tokenizer.vocab_size))
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
     counts = {"train": 0, "val": 0}
     docs = 0
     try:
-        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+        encoded = encode_documents(iter_texts(source, seed=seed), tokenizer, workers)
+        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val, closing(encoded):
             bar = tqdm(desc=f"tokenizing {source}", unit=" tok", unit_scale=True, disable=not show_progress)
-            for i, text in enumerate(iter_texts(source, seed=seed)):
-                ids = tokenizer.encode(text)
-                ids.append(tokenizer.eos_id)
+            for i, ids in enumerate(encoded):
                 split = "val" if val_every and i % val_every == val_every - 1 else "train"
-                (val if split == "val" else train).write(np.asarray(ids, dtype=dtype).tobytes())
+                (val if split == "val" else train).write(ids.tobytes())
                 counts[split] += len(ids)
                 docs += 1
                 bar.update(len(ids))

@@ -63,6 +63,9 @@ class SentencePieceTokenizer:
             raise ValueError(f"{self.path} has no EOS piece; train it with eos_id >= 0 (gapt-ds tokenizer does)")
         self.eos_id = eos
 
+    def __reduce__(self):  # pickled (to tokenizer worker processes) as its file, reloaded there
+        return type(self), (str(self.path),)
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
@@ -85,16 +88,28 @@ class GPT2BPETokenizer:
             raise ValueError(f"GPT-2 BPE directory {d} lacks {', '.join(missing)}")
         self.dir = d
         self.tok = GPT2TokenizerFast.from_pretrained(str(d), local_files_only=True)
+        self.backend = self.tok.backend_tokenizer
         self.vocab_size = len(self.tok)
         vocab = self.tok.get_vocab()
         if "<|endoftext|>" not in vocab:
             raise ValueError(f"{d / 'vocab.json'} has no <|endoftext|> token")
         self.eos_id = vocab["<|endoftext|>"]
 
+    def __getstate__(self) -> dict:
+        # To tokenizer worker processes: the Rust tokenizer itself, so they never import transformers (seconds).
+        return {**self.__dict__, "tok": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text)
+        return self.backend.encode(text).ids  # what GPT2TokenizerFast.encode returns, without its Python layers
 
     def decode(self, ids: Sequence[int]) -> str:
+        if self.tok is None:
+            from transformers import GPT2TokenizerFast
+
+            self.tok = GPT2TokenizerFast.from_pretrained(str(self.dir), local_files_only=True)
         return self.tok.decode(list(ids))
 
     def fingerprint(self) -> str:
