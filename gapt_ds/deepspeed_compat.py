@@ -6,6 +6,8 @@ against the installed DeepSpeed, so a DeepSpeed release that changes one fails t
 - ``after_optimizer_flags``: ``deepspeed.set_optimizer_flags``, which ``deepspeed.initialize`` calls on
   the model (it sets ``use_muon`` on every parameter).
 - ``skip_cpu_shm_build``: ``deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"]``.
+- ``announce_op_builds``: ``OpBuilder.jit_load`` (``deepspeed.ops.op_builder.builder``), which
+  ``OpBuilder.load`` calls for an op that was not built at install time.
 - ``autocast``: ``deepspeed.runtime.torch_autocast.autocast_if_enabled``, the engine's forward autocast.
 - ``close_tensorboard``: ``engine.monitor.tb_monitor.summary_writer``, the monitor's TensorBoard writer.
 - ``remove_module_hooks``: ``engine.module_forward_pre_hook`` / ``module_forward_post_hook``, the forward
@@ -64,6 +66,32 @@ def skip_cpu_shm_build() -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     except (ImportError, AttributeError):  # a DeepSpeed without that op: nothing to skip
         pass
+
+
+def on_cpu() -> bool:
+    """Whether DeepSpeed runs on the CPU accelerator (``DS_ACCELERATOR=cpu``, or no GPU found)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
+@contextlib.contextmanager
+def announce_op_builds(say: Callable[[str], None]) -> Iterator[None]:
+    """Inside the block, ``say(op_name)`` each time DeepSpeed JIT-loads a C++/CUDA op: a first build takes
+    minutes (FusedAdam on CPU: ~1 min on 2 cores) and DeepSpeed prints nothing while it compiles."""
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    original = OpBuilder.jit_load
+
+    def jit_load(self, verbose=True):
+        say(self.name)
+        return original(self, verbose)
+
+    OpBuilder.jit_load = jit_load
+    try:
+        yield
+    finally:
+        OpBuilder.jit_load = original
 
 
 def autocast(engine: Any):

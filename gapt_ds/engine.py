@@ -18,6 +18,7 @@ per optimizer step: ``engine.last_step`` (all-reduced means, phase, skipped).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -31,11 +32,14 @@ from gapt_ds.algorithms import Algorithm, build_algorithm
 from gapt_ds.alignment import AlignmentMonitor
 from gapt_ds.config import GaptConfig
 from gapt_ds.deepspeed_compat import (
+    announce_op_builds,
     autocast,
     clear_zero3_param_state,
     close_tensorboard,
+    on_cpu,
     parsed_config,
     remove_module_hooks,
+    skip_cpu_shm_build,
 )
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
 from gapt_ds.metrics import MetricsWriter, step_scalars
@@ -78,7 +82,8 @@ class GaptEngineMixin:
     class of an initialized engine (see ``initialize_engine``)."""
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, blocks: list[nn.Module], layer_ids: list[int]):
+    def _gapt_setup(self, cfg: GaptConfig, algorithm: Algorithm, blocks: list[nn.Module], layer_ids: list[int],
+                    monitor: Any = None):
         self.gapt_config = cfg
         self.algorithm = algorithm
         self.mbe_layer_ids = layer_ids
@@ -91,7 +96,7 @@ class GaptEngineMixin:
         self.last_step: Optional[StepStats] = None
         self.gapt_skipped_steps = 0
         self._warned_uneven = False
-        self._metrics = MetricsWriter(self.monitor, self.global_rank)
+        self._metrics = MetricsWriter(self.monitor if monitor is None else monitor, self.global_rank)
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:
@@ -323,11 +328,46 @@ def initialize_engine(args=None, model: Optional[nn.Module] = None, optimizer=No
                   mesh_param=mesh_param, config_params=config_params)
     if distributed_port is not None:
         kwargs["distributed_port"] = distributed_port
-    engine, ds_optimizer, loader, scheduler = deepspeed.initialize(**kwargs)
+    if on_cpu():
+        skip_cpu_shm_build()  # as gapt-ds train: the op serves only inference all-reduce
+    with announce_op_builds(_say_op_build):
+        engine, ds_optimizer, loader, scheduler = deepspeed.initialize(**kwargs)
     if cfg is None:  # e.g. a config DeepSpeed found by itself: read the block from the parsed dict
         cfg = GaptConfig.from_ds_config(parsed_config(engine))
         layer_ids = select_layers(len(blocks), cfg.layers)
         algorithm = build_algorithm(cfg)
-    engine.__class__ = _gapt_class(type(engine))
-    engine._gapt_setup(cfg, algorithm, blocks, layer_ids)
+    attach_gapt(engine, cfg, blocks, algorithm, layer_ids)
+    if not engine.monitor.enabled:
+        _warn_no_tensorboard(engine.global_rank)
     return engine, ds_optimizer, loader, scheduler
+
+
+def _say_op_build(name: str) -> None:
+    if distributed.rank() == 0:
+        print(f"gapt-ds: DeepSpeed is loading its {name} op: the first JIT build on a machine takes minutes "
+              "(on CPU, \"torch_adam\": true in the optimizer params avoids fused Adam)", file=sys.stderr, flush=True)
+
+
+_warned_no_tensorboard = False
+
+
+def _warn_no_tensorboard(rank: int) -> None:
+    global _warned_no_tensorboard
+    if rank == 0 and not _warned_no_tensorboard:
+        _warned_no_tensorboard = True
+        logger.warning('gapt-ds: the DeepSpeed config has no enabled "tensorboard" block, so no gapt/* metric is '
+                       'written (engine.last_step still has them); add "tensorboard": {"enabled": true, '
+                       '"output_path": "runs/", "job_name": "gapt"} to log them')
+
+
+def attach_gapt(engine: Any, cfg: GaptConfig, blocks: Sequence[nn.Module], algorithm: Optional[Algorithm] = None,
+                layer_ids: Optional[list[int]] = None, monitor: Any = None) -> Any:
+    """Make an initialized DeepSpeed ``engine`` a GAPT engine in place (its class gets ``GaptEngineMixin``
+    in front) and return it: what ``initialize`` and the Hugging Face Trainer integration both do.
+    ``monitor``: where step metrics go (anything with ``enabled`` and ``write_events``; default: the
+    engine's DeepSpeed monitor)."""
+    if layer_ids is None:
+        layer_ids = select_layers(len(blocks), cfg.layers)
+    engine.__class__ = _gapt_class(type(engine))
+    engine._gapt_setup(cfg, algorithm or build_algorithm(cfg), list(blocks), layer_ids, monitor)
+    return engine

@@ -1,0 +1,1 @@
+"""gapt-ds inside other training frameworks (``hf``: the Hugging Face ``Trainer``)."""
