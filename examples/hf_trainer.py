@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4, help="GPT-2 blocks")
     p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     args = p.parse_args()
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_positions=32, n_embd=64, n_layer=args.layers, n_head=2))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_positions=32, n_embd=64, n_layer=args.layers, n_head=2,
+                                       bos_token_id=0, eos_token_id=0))
     training = TrainingArguments(output_dir=args.out, deepspeed=args.deepspeed, max_steps=args.steps,
                                  per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3,
                                  logging_steps=5, save_steps=args.steps, report_to="tensorboard",

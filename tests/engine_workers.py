@@ -253,3 +253,22 @@ def teardown_worker(rank: int, stage: int, tb_dir: str) -> dict:
     native = [open(p).read().strip() for p in glob.glob("/proc/self/task/*/comm")]
     return {"engine_alive": alive() is not None, "native_threads": native,
             "python_threads": [type(t).__name__ for t in threading.enumerate()]}
+
+
+def tensorboard_warning_worker(rank: int, tb_dir: str) -> dict:
+    """Initialize engines without and with a tensorboard block; the warnings about it that were logged."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        engines = [make_engine(ds_config()), make_engine(ds_config()), make_engine(ds_config(tb_dir=tb_dir))]
+    finally:
+        logger.removeHandler(handler)
+    for engine in engines:
+        engine.destroy()
+    return {"warnings": [m for m in seen if "tensorboard" in m]}

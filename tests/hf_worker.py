@@ -34,7 +34,8 @@ def main() -> None:
     p.add_argument("--resume", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=3, n_head=2))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=3, n_head=2, bos_token_id=0,
+                                       eos_token_id=0))
     ids = torch.randint(64, (64, 16), generator=torch.Generator().manual_seed(1))
     data = [{"input_ids": row, "labels": row} for row in ids]
     training = TrainingArguments(output_dir=args.out, deepspeed=args.config, max_steps=args.steps,

@@ -76,3 +76,36 @@ def test_the_attributes_teardown_releases_exist():
     assert "self.module_forward_pre_hook =" in engine_init and "self.module_forward_post_hook =" in engine_init
     assert "self.tb_monitor =" in inspect.getsource(MonitorMaster.__init__)
     assert "self.summary_writer =" in inspect.getsource(TensorBoardMonitor.__init__)
+
+
+def test_op_builds_are_announced_on_deepspeeds_load_path():
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    class Unbuildable(OpBuilder):  # not installed, so OpBuilder.load goes to jit_load; incompatible: fails fast
+        BUILD_VAR = "DS_BUILD_GAPT_TEST_OP"
+
+        def __init__(self):
+            super().__init__(name="gapt_test_op")
+
+        def absolute_name(self):
+            return "deepspeed.ops.gapt_test_op"
+
+        def sources(self):
+            return []
+
+        def is_compatible(self, verbose=False):
+            return False
+
+    said: list[str] = []
+    original = OpBuilder.jit_load
+    with deepspeed_compat.announce_op_builds(said.append):
+        with pytest.raises(RuntimeError, match="gapt_test_op"):
+            Unbuildable().load()
+    assert said == ["gapt_test_op"]
+    assert OpBuilder.jit_load is original
+
+
+def test_on_cpu_follows_ds_accelerator():
+    import os
+
+    assert deepspeed_compat.on_cpu() == (os.environ.get("DS_ACCELERATOR") == "cpu")

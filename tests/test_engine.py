@@ -156,3 +156,10 @@ def test_destroy_releases_engine_writer_and_process_groups(tmp_path):
             # ZeRO-3 pins one group from C++ (see GaptEngineMixin.destroy); its workers exit via os._exit
             if stage < 3:
                 assert not [t for t in r["native_threads"] if "gloo" in t], (stage, r["native_threads"])
+
+
+def test_a_config_without_tensorboard_warns_once_what_to_add(tmp_path):
+    (r0,) = run_ranks(w.tensorboard_warning_worker, tmp_path / "out", world=1, tb_dir=str(tmp_path / "tb"))
+    assert len(r0["warnings"]) == 1, r0
+    message = r0["warnings"][0]
+    assert 'no enabled "tensorboard" block' in message and '"tensorboard": {"enabled": true' in message
