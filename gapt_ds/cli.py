@@ -13,14 +13,15 @@ import argparse
 import sys
 from typing import NoReturn, Optional
 
-from gapt_ds.runtime import run_entry, run_main
+from gapt_ds.runtime import HelpFormatter, run_entry, run_main
 
 
 def tokenizer_main(argv: list[str]) -> str:
-    p = argparse.ArgumentParser(prog="gapt-ds tokenizer", description="Train a SentencePiece tokenizer on local text.")
+    p = argparse.ArgumentParser(prog="gapt-ds tokenizer", description="Train a SentencePiece tokenizer on local text.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="local glob of .txt/.jsonl/.parquet files (or hf:NAME[:CONFIG])")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    p.add_argument("--vocab-size", type=int, default=8000, help="tokens in the vocabulary (the model's vocab_size)")
+    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"], help="SentencePiece algorithm")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
     args = p.parse_args(argv)
     from gapt_ds.data.sources import iter_texts
@@ -38,13 +39,26 @@ COMMANDS = {
 }
 
 
+def usage() -> str:
+    lines = ["usage: gapt-ds {" + ",".join(COMMANDS) + "} ...   (gapt-ds COMMAND --help: its options)",
+             *(f"  {k:10} {v}" for k, v in COMMANDS.items()), "  --version  print the version"]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: gapt-ds {" + ",".join(COMMANDS) + "} ...\n"
-        usage += "\n".join(f"  {k:10} {v}" for k, v in COMMANDS.items())
-        print(usage, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv and argv[0] == "--version":
+        from gapt_ds import __version__
+
+        print(f"gapt-ds {__version__}")
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        problem = f"unknown command {argv[0]!r}" if argv else "no command given"
+        print(f"{usage()}\ngapt-ds: error: {problem}", file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     command_main, show_result = _COMMAND_MAINS[command]()
     return run_main(f"gapt-ds {command}", command_main, rest, show=show_result)

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from gapt_ds.runtime import HelpFormatter
+
 TOKENIZER_JSON = "gapt_tokenizer.json"
 
 
@@ -137,7 +139,8 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path, tag: Optional[str] =
 
 def main(argv: Optional[list[str]] = None) -> Path:
     p = argparse.ArgumentParser(prog="gapt-ds export",
-                                description="Export a gapt-ds train checkpoint as a Hugging Face GPT-2 directory.")
+                                description="Export a gapt-ds train checkpoint as a Hugging Face GPT-2 directory.",
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint_dir", help="RUN_DIR/checkpoints of a gapt-ds train run (or RUN_DIR)")
     p.add_argument("out_dir", help="output directory for save_pretrained files and tokenizer files")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step200 (default: the 'latest' one)")

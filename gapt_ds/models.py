@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: `gapt-ds train --help` reads PRESETS without loading transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
 
 # Widths of the GPT-2 family; "tiny" and "cpu" are for tests and CPU runs.
 PRESETS: dict[str, dict] = {
@@ -22,6 +24,8 @@ PRESETS: dict[str, dict] = {
 def gpt2_config(preset: str = "tiny", vocab_size: int = 50257, seq_len: int = 1024, dropout: float = 0.0,
                 config_json: Optional[str] = None, **overrides) -> GPT2Config:
     """A GPT2Config from a preset name (or a GPT2Config JSON file), sized for the tokenizer and context."""
+    from transformers import GPT2Config
+
     if config_json is not None:
         path = Path(config_json)
         if not path.is_file():
@@ -42,10 +46,17 @@ def gpt2_config(preset: str = "tiny", vocab_size: int = 50257, seq_len: int = 10
 
 def build_gpt2(cfg: GPT2Config, seed: int = 0, init_from: Optional[str] = None) -> GPT2LMHeadModel:
     """Random init (seeded, identical on every rank) or weights from a local ``save_pretrained`` dir."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
     if init_from is not None:
         if not (Path(init_from) / "config.json").is_file():
             raise ValueError(f"--init-from {init_from}: not a Hugging Face model directory (no config.json)")
-        return GPT2LMHeadModel.from_pretrained(init_from)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return GPT2LMHeadModel(cfg)
+        model = GPT2LMHeadModel.from_pretrained(init_from)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(cfg)
+    # GPT-2's class name names no loss, so transformers warned on every run that it fell back to this one
+    model.loss_type = "ForCausalLM"
+    return model

@@ -14,18 +14,41 @@ error with ``exit_code`` into that status), printed once when another rank repor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 import sys
 import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional
 
-from gapt_ds import distributed
-
+# gapt_ds.distributed (and with it torch) is imported where it is used: --help must stay fast.
 DEFAULT_MASTER_PORT = "29500"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The ``gapt-ds`` help: defaults shown only where there is one to show (not ``None``/``False``, not
+    twice), and the docstrings' reST backticks dropped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_plain(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _plain(super()._expand_help(action))
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"``?([^`]+)``?", r"\1", text)
 
 
 def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[str]] = None,
@@ -78,8 +101,25 @@ def prepare_process(master_port: str = DEFAULT_MASTER_PORT) -> None:
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         skip_cpu_shm_build()
-    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")  # DeepSpeed's own call, not ours
+    quiet_known_noise()
     set_env_defaults(master_port)
+
+
+# DeepSpeed's ZeRO calls these torch.distributed names (not gapt-ds), and torch deprecates them
+_DEPRECATED_BY_TORCH = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+# DeepSpeed's warm-up schedulers warn when asked for the LR before their first step (the engine asks at init)
+_LR_BEFORE_START = "Attempting to get learning rate from scheduler before it has started"
+
+
+def quiet_known_noise() -> None:
+    """Silence, by exact message, the warnings every run printed that are not the user's problem; all other
+    warnings stay."""
+    warnings.filterwarnings("ignore", message=_DEPRECATED_BY_TORCH, category=FutureWarning)
+    logging.getLogger("DeepSpeed").addFilter(_drop_lr_before_start)
+
+
+def _drop_lr_before_start(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_LR_BEFORE_START)
 
 
 @contextlib.contextmanager
@@ -88,8 +128,9 @@ def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
     a barrier; in any case every group is shut down before the process exits (``destroy()`` the engines
     inside the block first: see ``GaptEngineMixin.destroy``)."""
     import deepspeed
-
     from deepspeed.accelerator import get_accelerator
+
+    from gapt_ds import distributed
 
     prepare_process(master_port)
     deepspeed.init_distributed()
@@ -107,6 +148,8 @@ def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
 def write_run_meta(run_dir: Path, ds_config: dict, args: dict) -> None:
     """Rank 0 writes ``run_dir/ds_config.json`` (the resolved config) and ``run_dir/args.json`` (the
     arguments, ``"recipe"`` included when a recipe ran it): what ``gapt-ds report``/``export`` read."""
+    from gapt_ds import distributed
+
     if distributed.rank() != 0:
         return
     run_dir.mkdir(parents=True, exist_ok=True)

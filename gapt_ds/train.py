@@ -17,26 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from gapt_ds import distributed, resume, rundir, runtime
-from gapt_ds.algorithms import algorithm_class
+from gapt_ds import resume, rundir, runtime
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.data.tokenize_pool import default_workers
-from gapt_ds.evaluate import Evaluator
 from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS, gpt2_config
-from gapt_ds.optim import build_optimizer, muon_grouping, resolve_optimizer
+
+# torch, DeepSpeed and what needs them are imported inside the functions: `gapt-ds train --help` stays fast
+if TYPE_CHECKING:
+    from gapt_ds.evaluate import Evaluator
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gapt-ds train`` options; their help texts are the documentation (README.md is checked against them)."""
     p = argparse.ArgumentParser(prog="gapt-ds train", description="Pretrain GPT-2 with GAPT under DeepSpeed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=runtime.HelpFormatter)
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
                    help="DeepSpeed JSON with an optional `\"gapt\"` block. If it has no `tensorboard` section, one is "
                         "added that writes to `RUN_DIR/tensorboard`")
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics, TensorBoard files) and start again")
     t.add_argument("--seed", type=int, default=0, help="model init, data order and per-rank RNG")
     t.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (rank 0's bar shows step, CE, MBE, phase, tokens/s)")
+                   help="no per-step output (rank 0 shows step, CE, MBE, phase, tokens/s: a bar on a terminal, "
+                        "a line every 30 s in a log file); evaluation lines are always printed")
     t.add_argument("--recipe", default=None, help="the recipe this run belongs to, recorded in `args.json` for "
                    "`gapt-ds report` (set by `gapt-ds recipe`)")
     return p
@@ -120,6 +121,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     """The user's DeepSpeed JSON, validated, with TensorBoard pointed into the run directory if unset."""
+    from gapt_ds.algorithms import algorithm_class
+    from gapt_ds.optim import resolve_optimizer
+
     cfg = load_json(args.deepspeed_config)
     gapt = GaptConfig.from_ds_config(cfg, source=args.deepspeed_config)
     algorithm_class(gapt.algorithm)  # an unknown algorithm fails before any work
@@ -139,6 +143,8 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     ds_cfg, _ = resolve_ds_config(args)
+    from gapt_ds import distributed  # torch: only once the arguments are known to be good
+
     with runtime.process_group():
         # rank 0 locks the run directory and applies its rules before anything is written (rundir.py)
         lock = distributed.rank0_decides(lambda: rundir.admit(Path(args.run_dir), args.resume, args.overwrite))
@@ -164,7 +170,7 @@ class Trainer:
     world: int
     step: int = 0
     micro_batches: int = 0
-    bar: Any = None
+    progress: Any = None  # rank 0's Progress
 
     @property
     def run_dir(self) -> Path:
@@ -172,12 +178,14 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
 def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     """Everything after the process group exists: data, engine, set-up, the training loop, the summary."""
+    from gapt_ds import distributed
+
     rank, world = distributed.rank(), distributed.world_size()
     tokenizer, cache = _load_data(args)
     model_cfg = gpt2_config(args.model, vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, dropout=args.dropout,
@@ -236,6 +244,7 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
     """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine."""
     import gapt_ds
     from gapt_ds.models import build_gpt2
+    from gapt_ds.optim import build_optimizer, muon_grouping
 
     model = build_gpt2(model_cfg, seed=args.seed, init_from=args.init_from)
     if model.config.vocab_size < vocab_size:
@@ -254,8 +263,9 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
            resumed: Optional[tuple[str, list]]) -> Trainer:
     """Batches, RNG, evaluator and metrics around the engine, then the resume: ``resumed`` is the tag and the
     config changes that ``resume.admit`` accepted."""
-    from gapt_ds import checkpoint
+    from gapt_ds import checkpoint, distributed
     from gapt_ds.data.batches import PackedBatches
+    from gapt_ds.evaluate import Evaluator
     from gapt_ds.rng import seed_everything
 
     rank, world = distributed.rank(), distributed.world_size()
@@ -280,11 +290,10 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
         trainer.log.record(event="resume", step=trainer.step, tag=tag)
         if changes:
             trainer.log.record(event="config_change", step=trainer.step, changes=changes)
-    if rank == 0 and not args.no_progress:
-        from tqdm import tqdm
+    if rank == 0:
+        from gapt_ds.progress import Progress
 
-        trainer.bar = tqdm(total=args.steps, initial=trainer.step, desc="gapt-ds", unit="step", dynamic_ncols=True,
-                           mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        trainer.progress = Progress(args.steps, trainer.step, steps=not args.no_progress)
     return trainer
 
 
@@ -320,16 +329,16 @@ def _optimizer_step(t: Trainer) -> None:
     tok_s = tokens / (time.perf_counter() - t0)
     t.log.record(step=t.step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
                  mbe_weights=s.mbe_weights, lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
-    if t.bar is not None:
-        t.bar.set_postfix(ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1], tok_s=f"{tok_s:,.0f}")
-        t.bar.update(1)
+    if t.progress is not None:
+        t.progress.step(t.step, ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1],
+                        tok_s=f"{tok_s:,.0f}")
 
 
 def _evaluate(t: Trainer) -> dict:
     summary = t.evaluator.run()
     t.log.evaluation(summary, t.step)
-    if t.bar is not None:
-        t.bar.write(f"step {t.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    if t.progress is not None:
+        t.progress.write(f"step {t.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return summary
 
 

@@ -9,7 +9,9 @@ venv=${GAPT_VENV:-$root/.venv}
 torch_version=${TORCH_VERSION:-2.13.0}
 stamp=$venv/.gapt-ds-installed
 
+say() { echo "setup: $*" >&2; }  # progress on stderr: stdout's last line is the venv path
 if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtualenv $venv"
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
@@ -23,16 +25,22 @@ fi
 
 if ! "$py" -c "import torch" 2>/dev/null; then
   if [ -n "${TORCH_SPEC:-}" ]; then
+    say "installing $TORCH_SPEC"
     pip install "$TORCH_SPEC"
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    say "installing torch $torch_version (CUDA build: a GPU is present; a few GB)"
     pip install "torch==$torch_version"
   else
     # CPU-only: a local/mirrored +cpu wheel if the configured indexes have one, else PyTorch's CPU index.
+    say "installing torch $torch_version (CPU build: no GPU found; ~30 s)"
     pip install "torch==$torch_version+cpu" 2>/dev/null \
       || pip install "torch==$torch_version" --index-url https://download.pytorch.org/whl/cpu \
                      --extra-index-url https://pypi.org/simple
   fi
 fi
+say "installing gapt-ds (editable) with DeepSpeed, transformers, datasets, sentencepiece, tensorboard," \
+    "accelerate, pytest, ruff (~2 min the first time)"
 pip install -e "$root[dev]"
+say "done"
 touch "$stamp"
 echo "$venv"

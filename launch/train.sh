@@ -10,13 +10,15 @@ venv=$(bash "$root/launch/setup.sh" | tail -n 1)
 export PATH="$venv/bin:$PATH" PYTHONUNBUFFERED=1
 cd "$root"
 run_dir=${RUN_DIR:-runs/main}
+launcher_opts=()
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   ranks=$(nvidia-smi -L | wc -l)
 else  # CPU-only: 2 ranks on gloo, one thread each (the launcher does not set it)
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
   ranks=2
+  launcher_opts=(--log_level warning)  # no launcher INFO lines such as CUDA_VISIBLE_DEVICES=0,1 on a CPU machine
 fi
-deepspeed --num_gpus "$ranks" --module gapt_ds.train \
+deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --module gapt_ds.train \
   --deepspeed_config ds_configs/cpu_default.json --data arithmetic --tokenizer char --model cpu \
   --seq-len 64 --steps 400 --eval-every 100 --save-every 200 --run-dir "$run_dir" --cache-dir "$run_dir/../.token_cache" "$@"
 python - "$run_dir" <<'PY'

@@ -29,6 +29,9 @@ def recipe(tmp_path, *args):
     proc = subprocess.run([sys.executable, "-m", "gapt_ds.cli", "recipe", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    noise = ("Setting CUDA_VISIBLE_DEVICES", "loss_type=None", "Attempting to get learning rate from scheduler",
+             "all_gather_into_tensor", "reduce_scatter_tensor")  # known-harmless, silenced at the source
+    assert not [n for n in noise if n in proc.stdout + proc.stderr], proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
 

@@ -95,13 +95,14 @@ class Tasks:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gapt-ds recipe forgetting", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="gapt-ds recipe forgetting", description=__doc__.split("\n")[0],
+                                formatter_class=runtime.HelpFormatter)
     p.add_argument("--arm", default="gapt", help="algorithm: ce (baseline) | gapt | mbe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps-per-task", type=int, default=1500)
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--seed", type=int, default=0, help="model init and data order")
+    p.add_argument("--steps-per-task", type=int, default=1500, help="optimizer steps on each task")
+    p.add_argument("--run-dir", required=True, help="where everything of the run goes")
     p.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON (default: the recipe's built-in config)")
-    p.add_argument("--local_rank", type=int, default=-1)
+    p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     args = p.parse_args(argv)
     if args.steps_per_task < 1:
         raise ValueError(f"--steps-per-task must be >= 1, got {args.steps_per_task}")

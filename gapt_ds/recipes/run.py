@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from gapt_ds.runtime import HelpFormatter
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -69,9 +71,10 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="gapt-ds recipe", description=__doc__.split("\n")[0])
-    p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p = argparse.ArgumentParser(prog="gapt-ds recipe", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("name", choices=sorted(RECIPES), help="the experiment")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: one run per arm and seed")
     p.add_argument("--arms", default=None, help="comma-separated algorithms (default: ce,gapt; cycle: ce)")
     p.add_argument("--out", required=True, help="directory for the runs and the report")
     p.add_argument("--ranks", type=int, default=2, help="ranks per run (GPUs, or CPU processes)")
@@ -93,9 +96,11 @@ def _free_port() -> int:
 
 def _launcher(ranks: int) -> tuple[list[str], dict]:
     env = dict(os.environ)
+    quiet: list[str] = []
     if not _has_gpu():
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+        quiet = ["--log_level", "warning"]  # the launcher's INFO lines (CUDA_VISIBLE_DEVICES=0,1 on a CPU machine)
+    return [str(Path(sys.executable).parent / "deepspeed"), *quiet, "--num_gpus", str(ranks), "--master_port",
             str(_free_port()), "--module"], env
 
 
