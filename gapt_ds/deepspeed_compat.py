@@ -9,7 +9,8 @@ against the installed DeepSpeed, so a DeepSpeed release that changes one fails t
 - ``announce_op_builds``: ``OpBuilder.jit_load`` (``deepspeed.ops.op_builder.builder``), which
   ``OpBuilder.load`` calls for an op that was not built at install time.
 - ``autocast``: ``deepspeed.runtime.torch_autocast.autocast_if_enabled``, the engine's forward autocast.
-- ``close_tensorboard``: ``engine.monitor.tb_monitor.summary_writer``, the monitor's TensorBoard writer.
+- ``tensorboard_writer``, ``close_tensorboard``: ``engine.monitor.tb_monitor.summary_writer``, the
+  monitor's TensorBoard writer.
 - ``remove_module_hooks``: ``engine.module_forward_pre_hook`` / ``module_forward_post_hook``, the forward
   hooks DeepSpeed puts on the module.
 - ``clear_zero3_param_state``: the ``ds_*`` attributes ZeRO-3 puts in each parameter's ``__dict__``.
@@ -102,9 +103,14 @@ def autocast(engine: Any):
     return autocast_if_enabled(engine)
 
 
+def tensorboard_writer(engine: Any) -> Any:
+    """The ``SummaryWriter`` of DeepSpeed's monitor (None without a tensorboard block, and off rank 0)."""
+    return getattr(getattr(engine.monitor, "tb_monitor", None), "summary_writer", None)
+
+
 def close_tensorboard(engine: Any) -> None:
     """Flush and close the TensorBoard writer of DeepSpeed's monitor (its writer thread is joined)."""
-    writer = getattr(getattr(engine.monitor, "tb_monitor", None), "summary_writer", None)
+    writer = tensorboard_writer(engine)
     if writer is not None:
         writer.close()
 

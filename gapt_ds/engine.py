@@ -40,9 +40,10 @@ from gapt_ds.deepspeed_compat import (
     parsed_config,
     remove_module_hooks,
     skip_cpu_shm_build,
+    tensorboard_writer,
 )
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
-from gapt_ds.metrics import MetricsWriter, step_scalars
+from gapt_ds.metrics import MetricsWriter, custom_scalars_layout, step_scalars
 from gapt_ds.skip import forced_overflow
 
 STATE_KEY = "gapt"  # key of gapt-ds's state inside DeepSpeed's client_state
@@ -97,6 +98,9 @@ class GaptEngineMixin:
         self.gapt_skipped_steps = 0
         self._warned_uneven = False
         self._metrics = MetricsWriter(self.monitor if monitor is None else monitor, self.global_rank)
+        writer = tensorboard_writer(self) if monitor is None and self._metrics.monitor is not None else None
+        if writer is not None:
+            writer.add_custom_scalars(custom_scalars_layout())  # the "GAPT" view of the Custom Scalars tab
         self._reset_accumulators()
 
     def _reset_accumulators(self) -> None:

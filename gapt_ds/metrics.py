@@ -24,6 +24,23 @@ SKIPPED_STEPS = STEP_PREFIX + "skipped_steps"  # steps skipped so far for non-fi
 ALIGN = STEP_PREFIX + "align/"  # + "all" | "block_<i>": cos(∇CE, ∇MBE)
 
 
+def custom_scalars_layout() -> dict:
+    """TensorBoard's Custom Scalars layout: a "GAPT" view with the run's story on one page (tag regexes)."""
+    chart = _multiline
+    return {"GAPT": {
+        "CE (train, validation)": chart("^gapt/ce$", "^eval/val_ce$"),
+        "MBE per layer and mean": chart("^gapt/mbe/layer_\\d+$", "^gapt/mbe_mean$"),
+        "phase (1 memorize, 2 compress)": chart("^gapt/phase$"),
+        "cos(∇CE, ∇MBE)": chart("^gapt/align/.*"),
+        "evaluation": chart("^eval/(?!val_ce$).*"),
+        "MBE weight applied, LR, grad norm": chart("^gapt/mbe_weight$", "^gapt/lr$", "^gapt/grad_norm$"),
+    }}
+
+
+def _multiline(*tag_patterns: str) -> list:
+    return ["Multiline", list(tag_patterns)]
+
+
 def eval_tag(name: str) -> str:
     """Tag of an evaluation result (``val_ce``, ``ood_exact_match``, ``forgetting``, ...)."""
     return EVAL_PREFIX + name

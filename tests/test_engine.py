@@ -8,6 +8,7 @@ from tbparse import SummaryReader
 
 import engine_workers as w
 from dist import run_ranks
+from tb import charted, custom_scalars
 from gapt_ds.mbe import global_mbe, patch_mbe
 
 pytestmark = pytest.mark.distributed
@@ -70,6 +71,10 @@ def test_ranks_with_different_data_share_one_phase_sequence(tmp_path):
     assert list(phase["step"]) == list(range(1, steps + 1)) and list(phase["value"]) == r0["phase_used"]
     ce = scalars[scalars["tag"] == "gapt/ce"].sort_values("step")
     assert list(ce["value"]) == pytest.approx(r0["ce"], rel=1e-6)
+    layout = custom_scalars(tmp_path / "tb" / "run")  # the "GAPT" view of TensorBoard's Custom Scalars tab
+    assert list(layout) == ["GAPT"] and "phase (1 memorize, 2 compress)" in layout["GAPT"]
+    shown = expected - {"gapt/skipped_steps"} | {"eval/val_ce", "eval/ood_exact_match", "gapt/align/all"}
+    assert all(charted(layout, tag) for tag in shown) and not charted(layout, "gapt/skipped_steps")
 
 
 def test_zero_stages_dtypes_and_offload(tmp_path):

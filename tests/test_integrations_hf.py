@@ -11,6 +11,7 @@ import pytest
 from tbparse import SummaryReader
 
 from dist import free_port
+from tb import charted, custom_scalars
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def test_trainer_trains_with_gapt_logs_to_tensorboard_and_resumes_the_gate(tmp_p
     tb = SummaryReader(str(out / "runs")).scalars
     tags = set(tb.tag)
     assert {"gapt/ce", "gapt/phase", "gapt/mbe_mean", "gapt/mbe/layer_1", "gapt/lr"} <= tags, tags
+    assert all(charted(custom_scalars(out / "runs"), tag) for tag in ("gapt/ce", "gapt/phase", "gapt/mbe/layer_1"))
     value = {(t, s): v for t, s, v in zip(tb.tag, tb.step, tb.value)}
     assert [value["gapt/phase", s] for s in range(1, 9)] == phases[0]
     for step in range(1, 9):

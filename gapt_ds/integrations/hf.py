@@ -27,6 +27,7 @@ from gapt_ds.config import GaptConfig
 from gapt_ds.deepspeed_compat import on_cpu, skip_cpu_shm_build
 from gapt_ds.engine import GaptEngineMixin, attach_gapt
 from gapt_ds.hooks import find_blocks, select_layers
+from gapt_ds.metrics import custom_scalars_layout
 
 logger = logging.get_logger(__name__)
 
@@ -43,10 +44,14 @@ class TrainerTensorBoard:
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._warned = False
+        self._laid_out: Any = None
 
     def _writer(self) -> Any:
         for callback in self.trainer.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                if callback.tb_writer is not self._laid_out:  # once per writer: the "GAPT" custom-scalars view
+                    callback.tb_writer.add_custom_scalars(custom_scalars_layout())
+                    self._laid_out = callback.tb_writer
                 return callback.tb_writer
         return None
 
