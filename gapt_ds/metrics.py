@@ -31,9 +31,10 @@ def custom_scalars_layout() -> dict:
         "CE (train, validation)": chart("^gapt/ce$", "^eval/val_ce$"),
         "MBE per layer and mean": chart("^gapt/mbe/layer_\\d+$", "^gapt/mbe_mean$"),
         "phase (1 memorize, 2 compress)": chart("^gapt/phase$"),
+        "MBE weight in the loss": chart("^gapt/mbe_weight$"),
         "cos(∇CE, ∇MBE)": chart("^gapt/align/.*"),
-        "evaluation": chart("^eval/(?!val_ce$).*"),
-        "MBE weight applied, LR, grad norm": chart("^gapt/mbe_weight$", "^gapt/lr$", "^gapt/grad_norm$"),
+        "exact match": chart("^eval/.*exact_match$"),
+        "evaluation": chart("^eval/(?!val_ce$)(?!.*exact_match$).*"),
     }}
 
 
