@@ -99,7 +99,7 @@ def test_tiny_text_recipes_with_sentencepiece_and_gpt2_bpe(tmp_path):
 def test_report_errors_on_a_non_run_directory(tmp_path):
     from gapt_ds.report import main
 
-    with pytest.raises(ValueError, match="no tensorboard"):
+    with pytest.raises(ValueError, match="no TensorBoard event files"):
         main([str(tmp_path), "--out", str(tmp_path / "r")])
     with pytest.raises(ValueError, match="not a directory"):
         main([str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
