@@ -1,8 +1,9 @@
-"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``report``, ``export``.
+"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``sweep``, ``report``, ``export``.
 
     gapt-ds train --deepspeed_config ds_configs/cpu_default.json --data arithmetic --steps 300
     gapt-ds tokenizer --data 'corpus/*.txt' --vocab-size 8000 --out runs/tok/spm
     gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic
+    gapt-ds sweep forgetting --grid gapt.mbe_weight=0.3,1,3 --seeds 0-9 --out runs/sweep_forgetting
     gapt-ds report runs/arithmetic/*-s* --out runs/arithmetic/report
     gapt-ds export runs/demo/checkpoints runs/demo/hf
 """
@@ -34,6 +35,7 @@ COMMANDS = {
     "train": "pretrain a GPT-2 with GAPT under DeepSpeed",
     "tokenizer": "train a SentencePiece tokenizer",
     "recipe": "run a paper experiment: baseline vs GAPT over seeds, then report",
+    "sweep": "a grid over config keys/flags x arms x seeds, with paired statistics",
     "report": "plots and a comparison table from run directories",
     "export": "a training checkpoint as a Hugging Face GPT-2 directory",
 }
@@ -76,6 +78,12 @@ def _recipe():
     return run_recipe, False
 
 
+def _sweep():
+    from gapt_ds.sweep import main
+
+    return main, False  # it prints its own progress and the report's path
+
+
 def _report():
     from gapt_ds.report import main
 
@@ -90,7 +98,7 @@ def _export():
 
 # each subcommand's (main, print its result?), imported on use: DeepSpeed is slow to import
 _COMMAND_MAINS = {"train": _train, "tokenizer": lambda: (tokenizer_main, True), "recipe": _recipe,
-                  "report": _report, "export": _export}
+                  "sweep": _sweep, "report": _report, "export": _export}
 
 
 def entry(argv: Optional[list[str]] = None) -> NoReturn:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from gapt_ds.data.arithmetic import EVAL_SETS, answer_batch, answer_metrics, eval_examples
+from typing import Optional
+
+from gapt_ds.data.arithmetic import Task, answer_batch, answer_metrics, eval_examples
 from gapt_ds.data.batches import eval_batches
 from gapt_ds.distributed import all_reduce_sum
 
@@ -18,10 +20,11 @@ class Evaluator:
     every rank) plus ``{id,ood}_answer_ce`` and ``{id,ood}_exact_match`` when ``arith_problems`` > 0."""
 
     def __init__(self, engine, val_tokens, tokenizer, seq_len: int, max_batches: int, arith_problems: int,
-                 seed: int, rank: int, world: int) -> None:
+                 seed: int, rank: int, world: int, task: Optional[Task] = None) -> None:
         self.engine, self.val_tokens, self.tok = engine, val_tokens, tokenizer
         self.seq_len, self.max_batches, self.arith_problems, self.seed = seq_len, max_batches, arith_problems, seed
         self.rank, self.world = rank, world
+        self.task = task or Task()  # digit ranges and answer order of the arithmetic sets
 
     def _sum(self, sums: list[float]) -> list[float]:
         return all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=self.engine.device)).tolist()
@@ -53,8 +56,9 @@ class Evaluator:
     def _arithmetic(self) -> dict[str, float]:
         out = {}
         per_rank = self.arith_problems // self.world
-        for name, digits in EVAL_SETS.items():
-            examples = eval_examples(digits, per_rank * self.world, seed=self.seed)[self.rank :: self.world]
+        for name, digits in self.task.eval_sets.items():
+            examples = eval_examples(digits, per_rank * self.world, seed=self.seed,
+                                     reverse=self.task.reverse)[self.rank :: self.world]
             sums = [0.0, 0.0, 0.0]
             for i in range(0, len(examples), ARITH_BATCH):
                 inputs, labels = answer_batch(examples[i : i + ARITH_BATCH], self.tok)

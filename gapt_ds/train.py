@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from gapt_ds import resume, rundir, runtime
 from gapt_ds.config import GaptConfig, load_json
+from gapt_ds.data import arithmetic
 from gapt_ds.data.tokenize_pool import default_workers
 from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS, gpt2_config
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a line every 30 s in a log file); evaluation lines are always printed")
     t.add_argument("--recipe", default=None, help="the recipe this run belongs to, recorded in `args.json` for "
                    "`gapt-ds report` (set by `gapt-ds recipe`)")
+    arithmetic.add_arguments(p)
     return p
 
 
@@ -114,6 +116,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         problems.append(f"--resume: no checkpoint in {ckpt_dir}")
     if args.resume and args.overwrite:
         problems.append("--resume and --overwrite exclude each other")
+    problems += arithmetic.check_args(args)
     if problems:
         raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
     return args
@@ -219,7 +222,9 @@ def _load_data(args: argparse.Namespace):
 
     tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
-    cache = prepare_cache(args.data, tokenizer, cache_dir, show_progress=not args.no_progress,
+    task = arithmetic.task_from_args(args)
+    data = task.data_spec() if task else args.data  # the task's options name its training text
+    cache = prepare_cache(data, tokenizer, cache_dir, show_progress=not args.no_progress,
                           workers=args.tokenize_workers, max_tokens=args.max_tokens, val_every=args.val_every,
                           seed=args.seed)
     return tokenizer, cache
@@ -272,15 +277,19 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
     run_dir = Path(args.run_dir)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     assert (micro, gas) == (fingerprint["micro_batch"], fingerprint["grad_accum"])  # batch_shape is DeepSpeed's rule
-    batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
+    task = arithmetic.task_from_args(args)
+    if task and task.per_problem:
+        batches = arithmetic.ProblemBatches(task, tokenizer, args.seq_len, micro, rank, world, seed=args.seed)
+    else:
+        batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
     if rank == 0 and len(cache.split("val")) < val_needed:
         warnings.warn(f"the validation split has {len(cache.split('val'))} tokens, fewer than one micro-batch on every "
                       f"rank ({val_needed}): no validation CE will be logged; lower --val-every for more")
     seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
-    arith = args.arith_eval if args.data == "arithmetic" else 0
+    arith = args.arith_eval if task else 0
     evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
-                          rank, world)
+                          rank, world, task=task)
     log = MetricsWriter(engine.monitor, rank, jsonl=run_dir / "metrics.jsonl")
     trainer = Trainer(args, engine, batches, evaluator, log, fingerprint, settings, rank, world)
     if resumed is not None:
@@ -318,9 +327,10 @@ def _optimizer_step(t: Trainer) -> None:
     engine = t.engine
     t0 = time.perf_counter()
     for _ in range(engine.gradient_accumulation_steps()):
-        x = t.batches.micro_batch_at(t.micro_batches).to(engine.device)
+        x = t.batches.micro_batch_at(t.micro_batches)
+        x, labels = x if isinstance(x, tuple) else (x, x)  # per-problem arithmetic masks the labels
         t.micro_batches += 1
-        out = engine(input_ids=x, labels=x)
+        out = engine(input_ids=x.to(engine.device), labels=labels.to(engine.device))
         engine.backward(out.loss)
         engine.step()
     t.step += 1

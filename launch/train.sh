@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, then train a small GPT-2 with GAPT on the built-in arithmetic task
-# through the deepspeed launcher, 2 ranks (CPU: a few minutes on 2 cores; GPUs: one rank per GPU).
-#   bash launch/train.sh                       # -> runs/main/{tensorboard,checkpoints,metrics.jsonl}
-#   bash launch/train.sh --steps 1000          # extra arguments go to `gapt-ds train`
-#   tensorboard --logdir runs/main             # watch it
+# The main job: set up .venv, then train a small GPT-2 with GAPT on the CPU-scale arithmetic task (ID 1-2 digit
+# operands, OOD 3-4, reversed answers, one problem per sequence, answer-only loss) through the deepspeed
+# launcher, 2 ranks (CPU: one thread per rank; GPUs: one rank per GPU). Then the same run with CE only (same
+# seed: same initialisation and problems), and a side-by-side of the final evaluations.
+#   bash launch/train.sh                       # -> runs/main/ (GAPT) and runs/main-ce/ (CE only)
+#   COMPARE=0 bash launch/train.sh             # GAPT run only
+#   bash launch/train.sh --steps 1000          # extra arguments go to `gapt-ds train` (both runs)
+#   tensorboard --logdir runs                  # watch them
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/launch/setup.sh" | tail -n 1)
@@ -18,17 +21,38 @@ else  # CPU-only: 2 ranks on gloo, one thread each (the launcher does not set it
   ranks=2
   launcher_opts=(--log_level warning)  # no launcher INFO lines such as CUDA_VISIBLE_DEVICES=0,1 on a CPU machine
 fi
-deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --module gapt_ds.train \
-  --deepspeed_config ds_configs/cpu_default.json --data arithmetic --tokenizer char --model cpu \
-  --seq-len 64 --steps 400 --eval-every 100 --save-every 200 --run-dir "$run_dir" --cache-dir "$run_dir/../.token_cache" "$@"
-python - "$run_dir" <<'PY'
+config=ds_configs/recipes/arithmetic_cpu.json
+train() {  # train RUN_DIR ALGORITHM_CONFIG [extra args]
+  local dir=$1 cfg=$2; shift 2
+  deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --master_port "${MASTER_PORT:-29500}" --module gapt_ds.train \
+    --deepspeed_config "$cfg" --data arithmetic --tokenizer char --model cpu --seq-len 24 \
+    --arith-digits 1-2:3-4 --arith-reverse --arith-per-problem --arith-answer-loss --arith-eval 512 \
+    --steps 300 --eval-every 100 --save-every 100 --run-dir "$dir" --cache-dir "$dir/../.token_cache" "$@"
+}
+start=$SECONDS
+train "$run_dir" "$config" "$@"
+if [ "${COMPARE:-1}" != 0 ]; then
+  mkdir -p "$run_dir-ce"
+  python -c 'import json,sys; c=json.load(open(sys.argv[1])); c["gapt"]["algorithm"]="ce"; json.dump(c,open(sys.argv[2],"w"))' \
+    "$config" "$run_dir-ce.json"
+  train "$run_dir-ce" "$run_dir-ce.json" "$@"
+fi
+python - "$run_dir" "$((SECONDS - start))" <<'PY'
 import json, sys, pathlib
-run = pathlib.Path(sys.argv[1])
+run, seconds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 rows = [json.loads(l) for l in open(run / "metrics.jsonl")]
-steps = [r for r in rows if "phase" in r]
+steps = list({r["step"]: r for r in rows if "phase" in r}.values())
 phases = "".join("MC"[r["phase"] - 1] for r in steps)
 switches = sum(a != b for a, b in zip(phases, phases[1:]))
-print(f"\nphases by step (M memorize, C compress), {switches} switches:\n{phases}")
-print("final evaluation:", json.dumps(json.loads((run / "summary.json").read_text())))
-print(f"TensorBoard: tensorboard --logdir {run}   checkpoints: {run / 'checkpoints'}")
+print(f"\nGAPT phases by step (M memorize, C compress), {switches} switches, "
+      f"{phases.count('C')} of {len(phases)} steps compressing:\n{phases}")
+runs = {"gapt": run, "ce": run.parent / (run.name + "-ce")}
+final = {k: json.loads((p / "summary.json").read_text()) for k, p in runs.items() if (p / "summary.json").is_file()}
+keys = ["id_answer_ce", "id_exact_match", "ood_answer_ce", "ood_exact_match", "val_mbe"]
+print("\nfinal evaluation (answer-CE in nats on held-out problems; exact match = greedy answer right):")
+print(f"{'':16}" + "".join(f"{k:>16}" for k in final))
+for key in keys:
+    print(f"{key:16}" + "".join(f"{final[k].get(key, float('nan')):16.4f}" for k in final))
+print(f"(one seed: a single pair says little; `gapt-ds sweep` gives paired statistics over seeds)")
+print(f"wall time {seconds} s. TensorBoard: tensorboard --logdir {run.parent}   checkpoints: {run / 'checkpoints'}")
 PY

@@ -3,14 +3,29 @@
 Examples are written ``123x45=5535\\n`` (13-symbol alphabet, ``\\n`` ends an example). Training
 uses operands of 1-3 digits, in-distribution (ID) evaluation 1-3 and out-of-distribution (OOD) 4-6.
 The metric is cross-entropy on the answer tokens only: the digits after ``=`` and the closing ``\\n``.
+
+Task options (``gapt-ds train`` flags, all off by default = the paper's packed stream):
+
+- ``--arith-digits 1-2:3-4``: ID:OOD operand digit ranges (default ``1-3:4-6``, the paper's; ``1-2:3-4``
+  is a CPU-scale variant);
+- ``--arith-reverse``: the answer is written least-significant digit first (``12x34=804\\n`` becomes
+  ``12x34=408\\n``), so each digit depends only on digits already produced;
+- ``--arith-per-problem``: one problem per training sequence, right-padded to ``--seq-len`` with the
+  end-of-text token; padding positions get ``labels = -100`` (no packing across problems). The MBE windows
+  still cover the whole sequence, padding included (the engine measures MBE on every position);
+- ``--arith-answer-loss`` (needs ``--arith-per-problem``): ``labels = -100`` outside the answer, so the
+  training CE (and the CE the gate watches) is the answer CE. Hugging Face GPT-2's loss ignores -100.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `gapt-ds train --help` reads this module's options
+    import torch
 
 ID_DIGITS, OOD_DIGITS = (1, 3), (4, 6)
 EVAL_SETS = {"id": ID_DIGITS, "ood": OOD_DIGITS}  # evaluation set name -> operand digit range
@@ -27,24 +42,152 @@ def sample_problem(rng: random.Random, digits: tuple[int, int]) -> tuple[int, in
     return operand(), operand()
 
 
-def format_example(a: int, b: int) -> str:
-    return f"{a}x{b}={a * b}\n"
+def format_example(a: int, b: int, reverse: bool = False) -> str:
+    answer = str(a * b)
+    return f"{a}x{b}={answer[::-1] if reverse else answer}\n"
 
 
-def training_texts(seed: int, count: int = 200_000) -> Iterator[str]:
-    """``count`` training examples with 1-3 digit operands (a deterministic stream for the token cache)."""
+@dataclass(frozen=True)
+class Task:
+    """The task's options (see the module docstring); the defaults are the paper's packed stream."""
+
+    id_digits: tuple[int, int] = ID_DIGITS
+    ood_digits: tuple[int, int] = OOD_DIGITS
+    reverse: bool = False
+    per_problem: bool = False
+    answer_loss: bool = False
+
+    @property
+    def eval_sets(self) -> dict[str, tuple[int, int]]:
+        return {"id": self.id_digits, "ood": self.ood_digits}
+
+    def max_len(self, digits: tuple[int, int]) -> int:
+        """Tokens of the longest example: two operands, ``x``, ``=``, the product and ``\\n``."""
+        return 4 * digits[1] + 3
+
+    def data_spec(self) -> str:
+        """The ``--data`` source name of the training text (the token cache is keyed by it)."""
+        if (self.id_digits, self.reverse) == (ID_DIGITS, False):
+            return "arithmetic"
+        return f"arithmetic:id={self.id_digits[0]}-{self.id_digits[1]}{',reverse' if self.reverse else ''}"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "Task":
+        """Inverse of ``data_spec`` (training digits and answer order)."""
+        _, _, opts = spec.partition(":")
+        task = cls()
+        for opt in filter(None, opts.split(",")):
+            if opt == "reverse":
+                task = cls(task.id_digits, task.ood_digits, True)
+            elif opt.startswith("id="):
+                task = cls(parse_range(opt[3:]), task.ood_digits, task.reverse)
+            else:
+                raise ValueError(f"--data {spec!r}: unknown arithmetic option {opt!r} (id=A-B, reverse)")
+        return task
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        r = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise ValueError(f"digit range {text!r}: expected A-B, e.g. 1-3") from None
+    if not 1 <= r[0] <= r[1]:
+        raise ValueError(f"digit range {text!r}: need 1 <= A <= B")
+    return r
+
+
+def training_texts(seed: int, count: int = 200_000, task: Task = Task()) -> Iterator[str]:
+    """``count`` training examples with ID operands (a deterministic stream for the token cache)."""
     rng = random.Random(seed)
     for _ in range(count):
-        yield format_example(*sample_problem(rng, ID_DIGITS))
+        yield format_example(*sample_problem(rng, task.id_digits), reverse=task.reverse)
 
 
-def eval_examples(digits: tuple[int, int], count: int, seed: int) -> list[str]:
+def eval_examples(digits: tuple[int, int], count: int, seed: int, reverse: bool = False) -> list[str]:
     rng = random.Random(10_000 + seed * 7 + digits[0])
-    return [format_example(*sample_problem(rng, digits)) for _ in range(count)]
+    return [format_example(*sample_problem(rng, digits), reverse=reverse) for _ in range(count)]
+
+
+class ProblemBatches:
+    """One problem per sequence, padded to ``seq_len``: ``micro_batch_at(j)`` -> (input_ids, labels).
+
+    Fresh problems per micro-batch, drawn from an RNG seeded by (seed, j, rank): a pure function of j like
+    ``PackedBatches``, so resuming reads what the uninterrupted run would have read, and every arm with the
+    same seed sees the same problems in the same order.
+    """
+
+    def __init__(self, task: Task, tokenizer, seq_len: int, micro_batch: int, rank: int, world: int, seed: int = 0):
+        if task.max_len(task.id_digits) > seq_len:
+            raise ValueError(f"--seq-len {seq_len} is shorter than the longest training problem "
+                             f"({task.max_len(task.id_digits)} tokens)")
+        self.task, self.tok, self.seq_len, self.micro_batch = task, tokenizer, seq_len, micro_batch
+        self.rank, self.world, self.seed = rank, world, seed
+        self.eq = tokenizer.encode("=")[0]
+
+    def micro_batch_at(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        rng = random.Random(f"{self.seed}:{j}:{self.rank}")
+        inputs = torch.full((self.micro_batch, self.seq_len), self.tok.eos_id, dtype=torch.long)
+        labels = torch.full((self.micro_batch, self.seq_len), IGNORE, dtype=torch.long)
+        for row in range(self.micro_batch):
+            seq = self.tok.encode(format_example(*sample_problem(rng, self.task.id_digits), reverse=self.task.reverse))
+            inputs[row, : len(seq)] = torch.tensor(seq)
+            start = seq.index(self.eq) + 1 if self.task.answer_loss else 0
+            labels[row, start : len(seq)] = inputs[row, start : len(seq)]
+        return inputs, labels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The task's ``gapt-ds train`` flags (module docstring)."""
+    a = parser.add_argument_group("arithmetic task (--data arithmetic)")
+    a.add_argument("--arith-digits", default="1-3:4-6", help="arithmetic ID:OOD operand digit ranges (the paper's; "
+                   "`1-2:3-4` is the CPU-scale variant)")
+    a.add_argument("--arith-reverse", action="store_true",
+                   help="arithmetic answers written least-significant digit first")
+    a.add_argument("--arith-per-problem", action="store_true",
+                   help="one arithmetic problem per training sequence, right-padded to `--seq-len` with the "
+                   "end-of-text token (no packing); padding gets `labels = -100`, the MBE windows still cover it")
+    a.add_argument("--arith-answer-loss", action="store_true",
+                   help="training labels `-100` outside the answer (needs `--arith-per-problem`): the training CE, "
+                   "and the CE the gate watches, is the answer CE")
+
+
+def task_from_args(args: argparse.Namespace) -> Optional[Task]:
+    """The arithmetic ``Task`` of parsed train arguments (None when --data is not arithmetic)."""
+    if args.data != "arithmetic":
+        return None
+    id_text, sep, ood_text = args.arith_digits.partition(":")
+    if not sep:
+        raise ValueError(f"--arith-digits {args.arith_digits!r}: expected ID:OOD ranges, e.g. 1-2:3-4")
+    return Task(parse_range(id_text), parse_range(ood_text), args.arith_reverse, args.arith_per_problem,
+                args.arith_answer_loss)
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Problems with the task flags (empty when fine)."""
+    flags = args.arith_reverse or args.arith_per_problem or args.arith_answer_loss or args.arith_digits != "1-3:4-6"
+    if args.data != "arithmetic":
+        return [f"--arith-* options need --data arithmetic, got --data {args.data!r}"] if flags else []
+    problems = []
+    try:
+        task = task_from_args(args)
+    except ValueError as err:
+        return [str(err)]
+    if task.answer_loss and not task.per_problem:
+        problems.append("--arith-answer-loss needs --arith-per-problem (packed sequences have no single answer)")
+    longest = max(task.max_len(task.id_digits), task.max_len(task.ood_digits) if args.arith_eval else 0)
+    if args.seq_len < longest:
+        problems.append(f"--seq-len {args.seq_len} is shorter than the longest arithmetic problem "
+                        f"({longest} tokens for digits {args.arith_digits}); the model's context is --seq-len")
+    return problems
 
 
 def answer_batch(examples: list[str], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` and ``labels`` that score only the answer (after ``=``, incl. ``\\n``)."""
+    import torch
+
     ids = [tokenizer.encode(e) for e in examples]
     eq = tokenizer.encode("=")[0]
     width = max(map(len, ids))
@@ -63,6 +206,8 @@ def answer_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     Position t predicts token t+1. An example is exactly right when every answer token is the argmax,
     which is what greedy decoding after ``=`` would produce.
     """
+    import torch
+
     logits, targets = logits[:, :-1].float(), labels[:, 1:]
     mask = targets != IGNORE
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")

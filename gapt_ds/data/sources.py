@@ -39,7 +39,7 @@ def local_files(pattern: str) -> list[Path]:
 def source_fingerprint(spec: str) -> str:
     """Changes when the source's content may have changed (local files: names, sizes, mtimes)."""
     h = hashlib.sha1(spec.encode())
-    if not (spec.startswith("hf:") or spec == "arithmetic"):
+    if not (spec.startswith("hf:") or spec == "arithmetic" or spec.startswith("arithmetic:")):
         for p in local_files(spec):
             st = p.stat()
             h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -48,10 +48,10 @@ def source_fingerprint(spec: str) -> str:
 
 def iter_texts(spec: str, split: str = "train", seed: int = 0) -> Iterator[str]:
     """Yield documents of a source spec (see module docstring)."""
-    if spec == "arithmetic":
-        from gapt_ds.data.arithmetic import training_texts
+    if spec == "arithmetic" or spec.startswith("arithmetic:"):
+        from gapt_ds.data.arithmetic import Task, training_texts
 
-        yield from training_texts(seed)
+        yield from training_texts(seed, task=Task.from_spec(spec))
         return
     from datasets import load_dataset
 

@@ -2,6 +2,7 @@
 (§: the sections of docs/algorithm.md).
 
     gapt-ds recipe arithmetic --seeds 0,1,2 --out runs/arithmetic          # §6.2, CPU scale, 2 ranks
+    gapt-ds recipe arithmetic-cpu --seeds 0,1,2 --out runs/arith-cpu      # 1-2/3-4 digits, reversed, per problem
     gapt-ds recipe forgetting --seeds 0,1,2 --out runs/forgetting          # §6.3
     gapt-ds recipe text-cpu --seeds 0,1,2 --out runs/text -- --data 'corpus/*.txt' --tokenizer tok/spm.model
     gapt-ds recipe fineweb --ranks 8 --out runs/fineweb -- --tokenizer /data/gpt2_bpe     # §6.1, GPU node
@@ -42,6 +43,13 @@ _ARITHMETIC = ("--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", 
 RECIPES: dict[str, Recipe] = {
     "arithmetic": Recipe("recipes/arithmetic.json", (*_ARITHMETIC, "--steps", "1000", "--eval-every", "200",
                                                      "--save-every", "0", "--arith-eval", "512")),
+    # CPU-scale multiplication: ID 1-2 / OOD 3-4 digits, reversed answers, one problem per sequence, answer-only
+    # loss (see gapt_ds/data/arithmetic.py)
+    "arithmetic-cpu": Recipe("recipes/arithmetic_cpu.json",
+                             ("--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "24",
+                              "--arith-digits", "1-2:3-4", "--arith-reverse", "--arith-per-problem",
+                              "--arith-answer-loss", "--steps", "1500", "--eval-every", "100", "--save-every", "0",
+                              "--arith-eval", "512")),
     "text-cpu": Recipe("cpu_default.json", ("--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every",
                                             "100", "--save-every", "0", "--arith-eval", "0")),
     "fineweb": Recipe("single_node_zero1_bf16.json",
