@@ -4,9 +4,9 @@ arithmetic task the answer-only CE and exact match on in-distribution (ID) and o
 
 from __future__ import annotations
 
-import torch
-
 from typing import Optional
+
+import torch
 
 from gapt_ds.data.arithmetic import Task, answer_batch, answer_metrics, eval_examples
 from gapt_ds.data.batches import eval_batches
