@@ -160,6 +160,24 @@ def _fmt_s(seconds: Optional[float]) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _run_cell(args: argparse.Namespace, cell: Cell, extra: list[str], resume: bool, script: bool,
+              log: Path) -> subprocess.CompletedProcess:
+    """Run one cell, retrying once: the launcher's rendezvous port can be taken by another process between
+    the moment it is picked and the moment it is bound (EADDRINUSE), and a second try picks a new one."""
+    for attempt in range(2):
+        cmd, env = cell_command(args, cell, extra, resume)
+        with open(log, "a") as fh:
+            proc = subprocess.run(cmd, env={k: v for k, v in env.items() if v != ""}, stdout=fh,
+                                  stderr=subprocess.STDOUT)
+        if proc.returncode == 0 or attempt:
+            return proc
+        print(f"[sweep] {cell.name} failed (exit {proc.returncode}); retrying once, see {log}", flush=True)
+        resume = not script and (cell.run_dir / "checkpoints" / "latest").is_file()
+        if cell.run_dir.exists() and not resume:
+            shutil.rmtree(cell.run_dir)
+    return proc
+
+
 def run_cells(args: argparse.Namespace, cells: list[Cell], extra: list[str]) -> dict:
     """Run the unfinished cells in order; the record of wall times survives interruptions."""
     record_path = Path(args.out) / "sweep.json"
@@ -178,13 +196,10 @@ def run_cells(args: argparse.Namespace, cells: list[Cell], extra: list[str]) -> 
         resume = not script and (cell.run_dir / "checkpoints" / "latest").is_file()
         if cell.run_dir.exists() and not resume:
             shutil.rmtree(cell.run_dir)  # an interrupted cell without a checkpoint starts over
-        cmd, env = cell_command(args, cell, extra, resume)
         log = cell.run_dir.parent / f"{cell.arm}-s{cell.seed}.log"
         print(f"[sweep] {i}/{len(todo)} {cell.name}{' (resuming)' if resume else ''}", flush=True)
         t0 = time.perf_counter()
-        with open(log, "a") as fh:
-            proc = subprocess.run(cmd, env={k: v for k, v in env.items() if v != ""}, stdout=fh,
-                                  stderr=subprocess.STDOUT)
+        proc = _run_cell(args, cell, extra, resume, script, log)
         if proc.returncode != 0:
             raise ValueError(f"sweep cell {cell.name} failed (exit {proc.returncode}); see {log}")
         seconds = time.perf_counter() - t0

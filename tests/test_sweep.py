@@ -109,3 +109,31 @@ def test_sweep_killed_mid_cell_resumes_only_the_missing_cells(tmp_path):
     record = json.loads((out / "sweep.json").read_text())["cells"]
     assert record["gapt.mbe_weight=0.5/gapt-s0"]["resumed"] and set(record) == {
         "baseline/ce-s0", "gapt.mbe_weight=0.5/gapt-s0", "gapt.mbe_weight=2/gapt-s0"}
+
+
+def test_a_failed_cell_is_retried_once_then_reported(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from gapt_ds import sweep
+
+    args = Namespace(out=str(tmp_path), arms=["ce"], baseline="ce", seeds=[0], recipe="text-cpu", config=None,
+                     ranks=1, cell_seconds=None)
+    cells, _ = plan(args, [])
+    calls = []
+
+    def flaky(cmd, **kwargs):  # the first launch loses its rendezvous port, the second trains
+        calls.append(cmd)
+        if len(calls) == 1:
+            return sp.CompletedProcess(cmd, 1)
+        cells[0].run_dir.mkdir(parents=True, exist_ok=True)
+        (cells[0].run_dir / "summary.json").write_text("{}")
+        return sp.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", flaky)
+    record = sweep.run_cells(args, cells, [])
+    assert len(calls) == 2 and "baseline/ce-s0" in record["cells"]
+
+    (cells[0].run_dir / "summary.json").unlink()
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **kw: sp.CompletedProcess(cmd, 3))
+    with pytest.raises(ValueError, match=r"baseline/ce-s0 failed \(exit 3\); see .*ce-s0.log"):
+        sweep.run_cells(args, cells, [])
