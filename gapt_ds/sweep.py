@@ -14,7 +14,7 @@ every arm, so the report pairs cells by seed (see ``gapt_ds.stats``).
 
 Cells run one after another. A re-run skips finished cells (``summary.json`` present), resumes an interrupted
 one from its checkpoint (``gapt-ds train --resume``; pass ``--save-every N`` after ``--`` to have checkpoints)
-and restarts one that has none. ``OUT/sweep.json`` records each cell's wall time; the report goes to
+and restarts one that has none. A failed cell is retried once, then the sweep stops naming it and its log. ``OUT/sweep.json`` records each cell's wall time; the report goes to
 ``OUT/report/`` (``sweep.md``, ``sweep.json``, one PNG per metric).
 """
 
