@@ -14,8 +14,9 @@ every arm, so the report pairs cells by seed (see ``gapt_ds.stats``).
 
 Cells run one after another. A re-run skips finished cells (``summary.json`` present), resumes an interrupted
 one from its checkpoint (``gapt-ds train --resume``; pass ``--save-every N`` after ``--`` to have checkpoints)
-and restarts one that has none. A failed cell is retried once, then the sweep stops naming it and its log. ``OUT/sweep.json`` records each cell's wall time; the report goes to
-``OUT/report/`` (``sweep.md``, ``sweep.json``, one PNG per metric).
+and restarts one that has none. A failed cell is retried once, then the sweep stops naming it and its log.
+``OUT/sweep.json`` records each cell's wall time; the report goes to ``OUT/report/`` (``sweep.md``,
+``sweep.json``, one PNG per metric).
 """
 
 from __future__ import annotations
