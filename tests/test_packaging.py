@@ -41,7 +41,8 @@ def test_recipes_resolve_their_configs_from_an_installed_wheel(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = json.loads(proc.stdout)
     assert Path(found["package"]).is_relative_to(site)
-    assert found["algorithms"] == {"arithmetic": "gapt", "text-cpu": "gapt", "fineweb": "gapt", "cycle": "ce"}
+    assert found["algorithms"] == {"arithmetic": "gapt", "arithmetic-cpu": "gapt", "text-cpu": "gapt",
+                                   "fineweb": "gapt", "cycle": "ce"}
     usage = subprocess.run([sys.executable, "-m", "gapt_ds.cli", "recipe", "--help"], cwd=workdir, env=env,
                            capture_output=True, text=True)
     assert usage.returncode == 0 and "arithmetic" in usage.stdout and "forgetting" in usage.stdout, usage.stderr
