@@ -4,6 +4,7 @@
 #   bash launch/train.sh                       # -> runs/main/{tensorboard,checkpoints,metrics.jsonl}
 #   bash launch/train.sh --steps 1000          # extra arguments go to `gapt-ds train`
 #   tensorboard --logdir runs/main             # watch it
+# SIGTERM/SIGINT (Ctrl-C) to this script reach every rank: they finish the step, save, exit non-zero.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/launch/setup.sh" | tail -n 1)
@@ -18,7 +19,8 @@ else  # CPU-only: 2 ranks on gloo, one thread each (the launcher does not set it
   ranks=2
   launcher_opts=(--log_level warning)  # no launcher INFO lines such as CUDA_VISIBLE_DEVICES=0,1 on a CPU machine
 fi
-deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --module gapt_ds.train \
+source "$root/launch/process_group.sh"
+run_group deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --module gapt_ds.train \
   --deepspeed_config ds_configs/cpu_default.json --data arithmetic --tokenizer char --model cpu \
   --seq-len 64 --steps 400 --eval-every 100 --save-every 200 --run-dir "$run_dir" --cache-dir "$run_dir/../.token_cache" "$@"
 python - "$run_dir" <<'PY'
