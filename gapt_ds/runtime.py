@@ -74,6 +74,17 @@ def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[st
     return 0
 
 
+@contextlib.contextmanager
+def same_on_every_rank() -> Iterator[None]:
+    """Mark a ``ValueError`` raised in the block as one that every rank hits alike (a bad argument, config or
+    tokenizer): ``run_main`` then prints it once, on rank 0, and every rank exits 2."""
+    try:
+        yield
+    except ValueError as err:
+        err.same_on_every_rank = True
+        raise
+
+
 def run_entry(run: Callable[[], int]) -> NoReturn:
     """An entry point's process (the ``gapt-ds`` console script, ``python -m gapt_ds.train``, the forgetting
     recipe): ``run()`` for the exit code, then an exit that is safe for a training worker

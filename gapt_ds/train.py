@@ -237,7 +237,8 @@ def _load_data(args: argparse.Namespace):
     from gapt_ds.data.cache_sync import prepare_cache
     from gapt_ds.data.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    with runtime.same_on_every_rank():
+        tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
     with collective_context("token-cache build (waiting for the rank that tokenizes)"):
         cache = prepare_cache(args.data, tokenizer, cache_dir, show_progress=not args.no_progress,

@@ -132,3 +132,17 @@ def test_frozen_rank_times_out_with_the_collective_and_step_named(tmp_path):
     last_logged = max(metrics(run_dir))  # rank 0 hung in the step after the last one it logged
     assert step == last_logged + 1 and step >= frozen_at, (frozen_at, last_logged, lines[0])
     assert "--dist-timeout" in lines[0] and 25 < waited < 150, (waited, lines[0])
+
+
+def test_a_bad_tokenizer_is_reported_once_by_a_two_rank_job(tmp_path):
+    """Both ranks (started as a launcher would, without one that kills the other) fail on the same input
+    after the process group exists: rank 0 prints the line, rank 1 stays silent, both exit 2."""
+    args = train_args(tmp_path, "run", "--tokenizer", "/etc/passwd")
+    cmd = [str(BIN / "python"), "-m", "gapt_ds.cli", "train", *args]
+    port = str(free_port())
+    procs = [subprocess.Popen(cmd, env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                           MASTER_PORT=port), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert [e.count("tokenizer /etc/passwd: not a SentencePiece model") for e in errs] == [1, 0], errs[0][-2000:]
