@@ -49,8 +49,7 @@ class TokenCache:
 
 
 CHUNK = 1 << 26  # tokens per max() pass of ``check_vocab`` (bounded memory)
-META_KEYS = {"source": str, "tokenizer": str, "vocab_size": int, "eos_id": int, "dtype": str, "documents": int,
-             "tokens": dict}
+META_KEYS = {"dtype": str, "tokens": dict}  # what reading the cache needs
 
 
 def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int, seed: int) -> str:
