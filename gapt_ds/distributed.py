@@ -145,3 +145,14 @@ def exit_process(code: int) -> NoReturn:
         except (OSError, ValueError):  # closed or broken pipe: nothing left to save
             pass
     os._exit(code)
+
+
+def set_default_timeout(timeout) -> None:
+    """Make ``timeout`` (a ``timedelta``) torch's default for every process group created afterwards.
+    DeepSpeed builds its data-parallel groups with ``new_group()`` and no timeout, which torch then sets
+    to its own default (30 min on gloo), not to the world group's: ``--dist-timeout`` would not hold there."""
+    from torch.distributed import distributed_c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if hasattr(distributed_c10d, name):
+            setattr(distributed_c10d, name, timeout)

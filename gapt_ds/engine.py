@@ -44,7 +44,8 @@ from gapt_ds.deepspeed_compat import (
 )
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
 from gapt_ds.metrics import MetricsWriter, custom_scalars_layout, step_scalars
-from gapt_ds.skip import forced_overflow
+from gapt_ds.skip import forced_overflow, grads_finite
+from gapt_ds.timeouts import collective_context
 
 STATE_KEY = "gapt"  # key of gapt-ds's state inside DeepSpeed's client_state
 
@@ -69,9 +70,10 @@ class StepStats:
     mbe: list[float]
     phase: int  # the phase these micro-batches trained in
     next_phase: int
-    skipped: bool
+    skipped: bool  # no update was applied (gapt-ds's non-finite check or DeepSpeed's own skip)
     alignment: dict[str, float] = field(default_factory=dict)  # cos(∇CE, ∇MBE) when measured this step
     mbe_weights: list[float] = field(default_factory=list)  # weight of each layer's MBE in the loss, as applied
+    stop: bool = False  # some rank called ``request_stop()`` before this step's all-reduce
 
     @property
     def mbe_mean(self) -> float:
@@ -95,7 +97,9 @@ class GaptEngineMixin:
         self._pending_alignment: dict[str, float] = {}
         self.last_micro: Optional[MicroBatchStats] = None
         self.last_step: Optional[StepStats] = None
-        self.gapt_skipped_steps = 0
+        self.gapt_skipped_steps = 0  # every skipped optimizer step, whoever skipped it
+        self.gapt_consecutive_skips = 0
+        self._stop_requested = False
         self._warned_uneven = False
         self._metrics = MetricsWriter(self.monitor if monitor is None else monitor, self.global_rank)
         writer = tensorboard_writer(self) if monitor is None and self._metrics.monitor is not None else None
@@ -159,28 +163,49 @@ class GaptEngineMixin:
     # -- optimizer step ---------------------------------------------------------------------------
     def step(self, lr_kwargs=None):
         """DeepSpeed's step; at the accumulation boundary also one all-reduce of the step's statistics,
-        a rank-consistent skip if any is non-finite, the algorithm's update and TensorBoard logging."""
+        a rank-consistent skip if any is non-finite, the algorithm's update and TensorBoard logging.
+        A step DeepSpeed skips itself (non-finite gradients, fp16 overflow) counts as skipped too."""
         if not self.is_gradient_accumulation_boundary() or self._acc is None:
             return super().step(lr_kwargs)
-        ce, mbe = self._reduce_step_stats()
-        finite = math.isfinite(ce) and all(math.isfinite(m) for m in mbe)
+        bad_grads = ~grads_finite(self.module.parameters()) if self._own_grad_check() else False
+        ce, mbe, (bad_grads, stop) = self._reduce_step_stats([bad_grads, self._stop_requested])
+        stats_finite = math.isfinite(ce) and all(math.isfinite(m) for m in mbe)
+        finite = stats_finite and bad_grads == 0
         own_norm = self._plain_grad_norm() if finite else None
+        ds_skipped = self.skipped_steps
         if finite:
             super().step(lr_kwargs)
-            logs = self.algorithm.on_step(ce, mbe)
-        else:
+        else:  # DeepSpeed would apply it (or has no gradient check here): skip through its overflow path
             with forced_overflow(self.optimizer):
                 super().step(lr_kwargs)
+        skipped = self.skipped_steps != ds_skipped or not finite  # DeepSpeed's overflow decision is all-reduced
+        logs = {} if skipped else self.algorithm.on_step(ce, mbe)
+        if skipped:
             self.gapt_skipped_steps += 1
-            logs = {}
+            self.gapt_consecutive_skips += 1
             if self.global_rank == 0:
-                logger.warning(f"gapt-ds: non-finite CE ({ce}) or MBE ({mbe}) on some rank at step "
-                               f"{self.global_steps}: optimizer step skipped on every rank")
-        self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, not finite,
-                                   self._pending_alignment, [w / self._acc_micro for w in self._acc_weights])
+                why = f"non-finite CE ({ce}) or MBE ({mbe})" if not stats_finite else \
+                    "non-finite gradients (or fp16 loss-scale overflow)"
+                logger.warning(f"gapt-ds: {why} on some rank at step {self.global_steps}: optimizer step skipped "
+                               "on every rank; the algorithm state did not advance")
+        else:
+            self.gapt_consecutive_skips = 0
+        self.last_step = StepStats(self.global_steps, ce, mbe, self._acc_phase, self.phase, skipped,
+                                   self._pending_alignment, [w / self._acc_micro for w in self._acc_weights],
+                                   stop=stop > 0)
         self._pending_alignment = {}
         self._write_events(self.last_step, logs, own_norm)
         self._reset_accumulators()
+
+    def request_stop(self) -> None:
+        """Ask every rank to stop: the next step's all-reduce carries the request and ``last_step.stop``
+        becomes true on every rank after that same step (safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    def _own_grad_check(self) -> bool:
+        """Whether gapt-ds must check gradients itself: DeepSpeed checks under ZeRO 1-3 and in its
+        fp16/bf16 wrappers, but a plain optimizer (ZeRO-0 fp32) would apply a non-finite gradient."""
+        return self.zero_optimization_stage() == 0 and not (self.bfloat16_enabled() or self.fp16_enabled())
 
     def _plain_grad_norm(self) -> Optional[float]:
         """Gradient norm where DeepSpeed computes none (ZeRO-0 fp32 with a torch optimizer):
@@ -191,20 +216,25 @@ class GaptEngineMixin:
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else None
 
-    def _reduce_step_stats(self) -> tuple[float, list[float]]:
-        """One SUM all-reduce over data-parallel ranks of [Σce, Σmbe_l, #micro, #windows, #windows²]."""
+    def _reduce_step_stats(self, flags: Sequence = ()) -> tuple[float, list[float], list[float]]:
+        """One SUM all-reduce over data-parallel ranks of [Σce, Σmbe_l, #micro, #windows, #windows², *flags]:
+        the step's means, and each flag summed over ranks (riding on the same collective)."""
+        device = self._acc.device
         counts = torch.tensor([self._acc_micro, self._acc_windows, self._acc_windows**2],
-                              dtype=torch.float64, device=self._acc.device)  # float64: exact counts
-        packed = distributed.all_reduce_sum(torch.cat([self._acc.double(), counts]), self._dp_group).tolist()
+                              dtype=torch.float64, device=device)  # float64: exact counts
+        flags = [torch.as_tensor(f, dtype=torch.float64, device=device).reshape(1) for f in flags]  # no host sync
+        with collective_context("step-statistics all-reduce", self.global_steps + 1):
+            packed = torch.cat([self._acc.double(), counts, *flags])
+            packed = distributed.all_reduce_sum(packed, self._dp_group).tolist()
         n_layers = len(self.mbe_layer_ids)
         ce_sum, mbe_sums = packed[0], packed[1 : 1 + n_layers]
-        micro, windows, windows_sq = packed[1 + n_layers :]
+        micro, windows, windows_sq = packed[1 + n_layers : 4 + n_layers]
         world = distributed.world_size(self._dp_group)
         if not self._warned_uneven and abs(world * windows_sq - windows**2) > 0.5 and self.global_rank == 0:
             self._warned_uneven = True  # the patch-MBE gradient then weights ranks equally, not by windows
             logger.warning("gapt-ds: ranks measured different numbers of MBE windows this step; "
                            "use equal micro-batch shapes on every rank for the exact sharded gradient")
-        return ce_sum / micro, [s / windows for s in mbe_sums]
+        return ce_sum / micro, [s / windows for s in mbe_sums], packed[4 + n_layers :]
 
     def _write_events(self, stats: StepStats, extra: dict[str, float], own_norm: Optional[float]) -> None:
         if self._metrics.monitor is None:
@@ -234,7 +264,7 @@ class GaptEngineMixin:
     # -- checkpoints ------------------------------------------------------------------------------
     def gapt_state_dict(self) -> dict:
         return {"algorithm": self.algorithm.name, "layers": self.mbe_layer_ids,
-                "skipped_steps": self.gapt_skipped_steps,
+                "skipped_steps": self.gapt_skipped_steps, "consecutive_skips": self.gapt_consecutive_skips,
                 "state": self.algorithm.state_dict()}
 
     def load_gapt_state_dict(self, state: dict) -> None:
@@ -246,6 +276,7 @@ class GaptEngineMixin:
                              f"the config selects {self.mbe_layer_ids}")
         self.algorithm.load_state_dict(state["state"])
         self.gapt_skipped_steps = int(state.get("skipped_steps", 0))
+        self.gapt_consecutive_skips = int(state.get("consecutive_skips", 0))
         self._reset_accumulators()
 
     def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True, **kwargs):

@@ -20,7 +20,7 @@ MBE_WEIGHT = STEP_PREFIX + "mbe_weight"  # Σ of the MBE weights the algorithm a
 MBE_WEIGHT_LAYER = STEP_PREFIX + "mbe_weight/layer_"  # + block index: that layer's applied weight
 LR = STEP_PREFIX + "lr"
 GRAD_NORM = STEP_PREFIX + "grad_norm"
-SKIPPED_STEPS = STEP_PREFIX + "skipped_steps"  # steps skipped so far for non-finite CE/MBE
+SKIPPED_STEPS = STEP_PREFIX + "skipped_steps"  # optimizer steps skipped so far, whoever skipped them
 ALIGN = STEP_PREFIX + "align/"  # + "all" | "block_<i>": cos(∇CE, ∇MBE)
 
 

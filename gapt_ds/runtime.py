@@ -23,6 +23,7 @@ import re
 import sys
 import traceback
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional
 
@@ -53,19 +54,35 @@ def _plain(text: str) -> str:
 
 def run_main(prog: str, main: Callable[[list[str]], Any], argv: Optional[list[str]] = None,
              show: bool = False) -> int:
-    """Call ``main(argv)``; 0 on success (printing its result if ``show``), 2 on a ``ValueError``."""
+    """Call ``main(argv)``; 0 on success (printing its result if ``show``), 2 on a ``ValueError``. An error
+    with an ``exit_code`` (a signal stop, divergence, a collective timeout) exits with that code, its message
+    as one line. Errors flagged ``same_on_every_rank`` (config checks, the agreed stop) are printed by rank 0
+    only; any other by the rank that hit it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = main(argv)
     except Exception as err:  # user mistakes (ValueError) and failures that explain themselves (exit_code)
-        if not isinstance(err, ValueError) and not hasattr(err, "exit_code"):
+        code = getattr(err, "exit_code", 2 if isinstance(err, ValueError) else None)
+        if code is None:
             raise
-        if not getattr(err, "reported_elsewhere", False):  # else another rank printed it already
-            print(f"{prog}: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        elsewhere = getattr(err, "reported_elsewhere", False)  # another rank printed it already
+        if not elsewhere and (not getattr(err, "same_on_every_rank", False) or os.environ.get("RANK", "0") == "0"):
+            print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        return code
     if show:
         print(result)
     return 0
+
+
+@contextlib.contextmanager
+def same_on_every_rank() -> Iterator[None]:
+    """Mark a ``ValueError`` raised in the block as one that every rank hits alike (a bad argument, config or
+    tokenizer): ``run_main`` then prints it once, on rank 0, and every rank exits 2."""
+    try:
+        yield
+    except ValueError as err:
+        err.same_on_every_rank = True
+        raise
 
 
 def run_entry(run: Callable[[], int]) -> NoReturn:
@@ -123,17 +140,23 @@ def _drop_lr_before_start(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def process_group(master_port: str = DEFAULT_MASTER_PORT) -> Iterator[None]:
+def process_group(master_port: str = DEFAULT_MASTER_PORT, timeout_minutes: Optional[float] = None) -> Iterator[None]:
     """``prepare_process``, then DeepSpeed's process group for the block. On success every rank meets at
     a barrier; in any case every group is shut down before the process exits (``destroy()`` the engines
-    inside the block first: see ``GaptEngineMixin.destroy``)."""
+    inside the block first: see ``GaptEngineMixin.destroy``). ``timeout_minutes`` bounds every collective
+    of every group (DeepSpeed's default otherwise)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     from gapt_ds import distributed
 
     prepare_process(master_port)
-    deepspeed.init_distributed()
+    if timeout_minutes is None:
+        deepspeed.init_distributed()
+    else:
+        timeout = timedelta(minutes=timeout_minutes)
+        distributed.set_default_timeout(timeout)
+        deepspeed.init_distributed(timeout=timeout)
     get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))  # as engines do; collectives may come first
     try:
         yield

@@ -61,3 +61,30 @@ def forced_overflow(optimizer) -> Iterator[None]:
             if k not in saved:
                 own.pop(k, None)
         own.update({k: v for k, v in saved.items() if k in patched})
+
+
+def grads_finite(params):
+    """A 0-dim bool tensor: the gradients' global L2 norm is finite, DeepSpeed's own overflow test under
+    ZeRO 1-3 (an inf or NaN anywhere makes it non-finite). No host sync: it can ride on a collective."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).isfinite()
+
+
+class DivergenceError(RuntimeError):
+    """Too many consecutive optimizer steps were skipped: the run has diverged (the same on every rank)."""
+
+    exit_code = 1
+    same_on_every_rank = True
+
+
+def check_divergence(consecutive_skips: int, limit: int, step: int) -> None:
+    """Raise ``DivergenceError`` once ``limit`` (> 0) optimizer steps in a row were skipped."""
+    if limit and consecutive_skips >= limit:
+        raise DivergenceError(
+            f"the last {consecutive_skips} optimizer steps (up to step {step}) were all skipped for non-finite "
+            f"loss, statistics or gradients (--max-skipped-steps {limit}): the run has diverged; nothing was "
+            "saved after the last checkpoint. Lower the learning rate (or mbe_weight) and resume from a checkpoint")

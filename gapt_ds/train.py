@@ -27,8 +27,12 @@ from gapt_ds import resume, rundir, runtime
 from gapt_ds.config import GaptConfig, load_json
 from gapt_ds.data import arithmetic
 from gapt_ds.data.tokenize_pool import default_workers
+from gapt_ds.ds_config_check import check_ds_config
 from gapt_ds.metrics import MetricsWriter
 from gapt_ds.models import PRESETS, gpt2_config
+from gapt_ds.preemption import StopOnSignal
+from gapt_ds.skip import check_divergence
+from gapt_ds.timeouts import collective_context
 
 # torch, DeepSpeed and what needs them are imported inside the functions: `gapt-ds train --help` stays fast
 if TYPE_CHECKING:
@@ -81,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true",
                    help="no per-step output (rank 0 shows step, CE, MBE, phase, tokens/s: a bar on a terminal, "
                         "a line every 30 s in a log file); evaluation lines are always printed")
+    t.add_argument("--max-skipped-steps", type=int, default=50,
+                   help="stop with exit code 1, saving nothing, after this many optimizer steps in a row were skipped "
+                        "(non-finite loss or gradients); 0: never. fp16's loss-scale search skips a few steps "
+                        "at the start")
+    t.add_argument("--dist-timeout", type=float, default=10.0,
+                   help="minutes a collective may wait for the other ranks, then it fails naming the collective and "
+                        "step (fractions allowed; every process group, DeepSpeed's included). Rank 0 tokenizes a new "
+                        "corpus while the others wait at a barrier: keep it above that time")
     t.add_argument("--recipe", default=None, help="the recipe this run belongs to, recorded in `args.json` for "
                    "`gapt-ds report` (set by `gapt-ds recipe`)")
     arithmetic.add_arguments(p)
@@ -96,7 +108,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for name in ("seq_len", "steps", "eval_batches", "val_every", "tokenize_workers"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("eval_every", "save_every", "arith_eval", "keep_last"):
+    if args.val_every == 1:
+        problems.append("--val-every 1 would put every document in the validation split; use 2 or more")
+    if not args.dist_timeout > 0:
+        problems.append(f"--dist-timeout must be > 0 minutes, got {args.dist_timeout}")
+    for name in ("eval_every", "save_every", "arith_eval", "keep_last", "max_skipped_steps"):
         if getattr(args, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -130,6 +146,7 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
     cfg = load_json(args.deepspeed_config)
     gapt = GaptConfig.from_ds_config(cfg, source=args.deepspeed_config)
     algorithm_class(gapt.algorithm)  # an unknown algorithm fails before any work
+    check_ds_config(cfg, source=args.deepspeed_config)  # DeepSpeed's own keys, before DeepSpeed starts
     if isinstance(cfg.get("optimizer"), dict):
         resolve_optimizer(str(cfg["optimizer"].get("type", "")))  # an unknown name fails before any work
     if "train_micro_batch_size_per_gpu" not in cfg:
@@ -144,11 +161,12 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    args = parse_args(argv)
-    ds_cfg, _ = resolve_ds_config(args)
+    with runtime.same_on_every_rank():  # printed once, by rank 0
+        args = parse_args(argv)
+        ds_cfg, _ = resolve_ds_config(args)
     from gapt_ds import distributed  # torch: only once the arguments are known to be good
 
-    with runtime.process_group():
+    with runtime.process_group(timeout_minutes=args.dist_timeout):
         # rank 0 locks the run directory and applies its rules before anything is written (rundir.py)
         lock = distributed.rank0_decides(lambda: rundir.admit(Path(args.run_dir), args.resume, args.overwrite))
         try:
@@ -202,6 +220,8 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
     engine = _build_engine(args, ds_cfg, model_cfg, tokenizer.vocab_size)
     try:
+        with runtime.same_on_every_rank():
+            cache.check_vocab(engine.module.config.vocab_size)
         trainer = _setup(args, engine, cache, tokenizer, fingerprint, settings, resumed)
         try:
             summary = _train(trainer)
@@ -220,13 +240,15 @@ def _load_data(args: argparse.Namespace):
     from gapt_ds.data.cache_sync import prepare_cache
     from gapt_ds.data.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    with runtime.same_on_every_rank():
+        tokenizer = load_tokenizer(args.tokenizer)
     cache_dir = args.cache_dir or os.environ.get("GAPT_DS_CACHE") or str(Path.home() / ".cache" / "gapt-ds")
     task = arithmetic.task_from_args(args)
     data = task.data_spec() if task else args.data  # the task's options name its training text
-    cache = prepare_cache(data, tokenizer, cache_dir, show_progress=not args.no_progress,
-                          workers=args.tokenize_workers, max_tokens=args.max_tokens, val_every=args.val_every,
-                          seed=args.seed)
+    with collective_context("token-cache build (waiting for the rank that tokenizes)"):
+        cache = prepare_cache(data, tokenizer, cache_dir, show_progress=not args.no_progress,
+                              workers=args.tokenize_workers, max_tokens=args.max_tokens, val_every=args.val_every,
+                              seed=args.seed)
     return tokenizer, cache
 
 
@@ -307,18 +329,27 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
 
 
 def _train(t: Trainer) -> dict:
-    """The loop: optimizer steps until ``--steps``, with evaluations and checkpoints on their periods."""
+    """The loop: optimizer steps until ``--steps``, with evaluations and checkpoints on their periods.
+    It stops early on divergence (nothing saved) or on SIGTERM/SIGINT (after a checkpoint)."""
     from gapt_ds import checkpoint
 
     args, summary = t.args, {}
-    while t.step < args.steps:
-        _optimizer_step(t)
-        last = t.step == args.steps
-        if last or (args.eval_every and t.step % args.eval_every == 0):
-            summary = _evaluate(t)
-        if last or (args.save_every and t.step % args.save_every == 0):
-            checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint, t.settings,
-                            args.keep_last)
+    stop = StopOnSignal(t.engine.request_stop)
+    with stop.installed():
+        while t.step < args.steps:
+            _optimizer_step(t)
+            check_divergence(t.engine.gapt_consecutive_skips, args.max_skipped_steps, t.step)
+            last = t.step == args.steps
+            stopping = t.engine.last_step.stop and not last  # all-reduced: the same on every rank
+            if not stopping and (last or (args.eval_every and t.step % args.eval_every == 0)):
+                with collective_context("evaluation", t.step):
+                    summary = _evaluate(t)
+            if last or stopping or (args.save_every and t.step % args.save_every == 0):
+                with collective_context("checkpoint save", t.step):
+                    checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint,
+                                    t.settings, args.keep_last)
+            if stopping:
+                raise stop.stopped(t.step, t.run_dir / "checkpoints")
     return summary
 
 
@@ -329,10 +360,8 @@ def _optimizer_step(t: Trainer) -> None:
     for _ in range(engine.gradient_accumulation_steps()):
         x = t.batches.micro_batch_at(t.micro_batches)
         x, labels = x if isinstance(x, tuple) else (x, x)  # per-problem arithmetic masks the labels
+        _micro_step(engine, x.to(engine.device), labels.to(engine.device), t.step + 1)
         t.micro_batches += 1
-        out = engine(input_ids=x.to(engine.device), labels=labels.to(engine.device))
-        engine.backward(out.loss)
-        engine.step()
     t.step += 1
     s = engine.last_step
     tokens = engine.gradient_accumulation_steps() * t.world * engine.train_micro_batch_size_per_gpu() * t.args.seq_len
@@ -342,6 +371,16 @@ def _optimizer_step(t: Trainer) -> None:
     if t.progress is not None:
         t.progress.step(t.step, ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1],
                         tok_s=f"{tok_s:,.0f}")
+
+
+def _micro_step(engine, x, labels, step: int) -> None:
+    """Forward, backward and ``engine.step()`` of one micro-batch; a collective timeout names the part."""
+    with collective_context("forward", step):
+        out = engine(input_ids=x, labels=labels)
+    with collective_context("backward (DeepSpeed's gradient reduction)", step):
+        engine.backward(out.loss)
+    with collective_context("DeepSpeed optimizer step", step):
+        engine.step()
 
 
 def _evaluate(t: Trainer) -> dict:

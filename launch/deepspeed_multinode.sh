@@ -13,13 +13,15 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 hostfile=${HOSTFILE:-$root/launch/hostfile}
 args=(--deepspeed_config "${DS_CONFIG:-$root/ds_configs/multi_node_zero2_bf16.json}" "$@")
+source "$root/launch/process_group.sh"   # SIGTERM/SIGINT to this script reach every local rank
 if [ -n "${NO_SSH:-}" ]; then
-  exec deepspeed --hostfile "$hostfile" --no_ssh --node_rank "${NODE_RANK:?set NODE_RANK}" \
+  run_group deepspeed --hostfile "$hostfile" --no_ssh --node_rank "${NODE_RANK:?set NODE_RANK}" \
     --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}" \
     --module gapt_ds.train "${args[@]}"
+  exit
 fi
 py=${PYTHON:-$(dirname "$(command -v deepspeed)")/python}  # the environment deepspeed runs in
 safe=$("$py" -m gapt_ds.launch_args "${args[@]}")  # exits 2, naming the problems
 mapfile -t args <<< "$safe"
-exec deepspeed --hostfile "$hostfile" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"} \
+run_group deepspeed --hostfile "$hostfile" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"} \
   --master_port "${MASTER_PORT:-29500}" --module gapt_ds.train "${args[@]}"

@@ -7,6 +7,7 @@
 #   COMPARE=0 bash launch/train.sh             # GAPT run only
 #   bash launch/train.sh --steps 1000          # extra arguments go to `gapt-ds train` (both runs)
 #   tensorboard --logdir runs                  # watch them
+# SIGTERM/SIGINT (Ctrl-C) to this script reach every rank: they finish the step, save, exit non-zero.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/launch/setup.sh" | tail -n 1)
@@ -21,21 +22,24 @@ else  # CPU-only: 2 ranks on gloo, one thread each (the launcher does not set it
   ranks=2
   launcher_opts=(--log_level warning)  # no launcher INFO lines such as CUDA_VISIBLE_DEVICES=0,1 on a CPU machine
 fi
+source "$root/launch/process_group.sh"
 config=ds_configs/recipes/arithmetic_cpu.json
 train() {  # train RUN_DIR ALGORITHM_CONFIG [extra args]
   local dir=$1 cfg=$2; shift 2
-  deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --master_port "${MASTER_PORT:-29500}" --module gapt_ds.train \
+  run_group deepspeed "${launcher_opts[@]}" --num_gpus "$ranks" --master_port "${MASTER_PORT:-29500}" --module gapt_ds.train \
     --deepspeed_config "$cfg" --data arithmetic --tokenizer char --model cpu --seq-len 24 \
     --arith-digits 1-2:3-4 --arith-reverse --arith-per-problem --arith-answer-loss --arith-eval 512 \
     --steps 300 --eval-every 100 --save-every 100 --run-dir "$dir" --cache-dir "$dir/../.token_cache" "$@"
 }
+fresh=(--overwrite)  # the demo replaces its previous run, unless asked to continue it
+for arg in "$@"; do [ "$arg" = --resume ] && fresh=(); done
 start=$SECONDS
-train "$run_dir" "$config" "$@"
+train "$run_dir" "$config" "${fresh[@]}" "$@"
 if [ "${COMPARE:-1}" != 0 ]; then
   mkdir -p "$run_dir-ce"
   python -c 'import json,sys; c=json.load(open(sys.argv[1])); c["gapt"]["algorithm"]="ce"; json.dump(c,open(sys.argv[2],"w"))' \
     "$config" "$run_dir-ce.json"
-  train "$run_dir-ce" "$run_dir-ce.json" "$@"
+  train "$run_dir-ce" "$run_dir-ce.json" "${fresh[@]}" "$@"
 fi
 python - "$run_dir" "$((SECONDS - start))" <<'PY'
 import json, sys, pathlib

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional
 
 import torch
@@ -272,3 +273,41 @@ def tensorboard_warning_worker(rank: int, tb_dir: str) -> dict:
     for engine in engines:
         engine.destroy()
     return {"warnings": [m for m in seen if "tensorboard" in m]}
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward; the gradient flowing back through it becomes inf/NaN (the loss stays finite)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def grad_skip_worker(rank: int, cases: list[tuple[int, str]], bad_step: int) -> list[dict]:
+    """Rank 1 back-propagates an infinite gradient on one step while CE and MBE stay finite: every rank
+    must skip that step (DeepSpeed's check or gapt-ds's own), report it, and keep the gate state."""
+    results = []
+    for stage, dtype in cases:
+        engine = make_engine(ds_config(stage, dtype, gapt={"gate": FAST_GATE}))
+        poison = {"on": False}
+        engine.module.lm_head.register_forward_pre_hook(
+            lambda m, args: (_InfGrad.apply(args[0]),) if poison["on"] else None)
+        record = {"stage": stage, "dtype": dtype, "skipped": []}
+        for step in range(bad_step + 2):
+            poison["on"] = step == bad_step and rank == 1
+            before = (full_params(engine), copy.deepcopy(engine.gapt_state_dict())) if step == bad_step else None
+            record["skipped"].append(train_step(engine, step, rank)[0] is not None and engine.last_step.skipped)
+            if before is not None:
+                after = full_params(engine)
+                record["unchanged"] = all(torch.equal(before[0][n], after[n]) for n in after)
+                state = engine.gapt_state_dict()
+                record["gate_kept"] = state["state"] == before[1]["state"]
+                record["stats_finite"] = math.isfinite(engine.last_step.ce)
+        record["gapt_skipped"] = engine.gapt_skipped_steps
+        record["finite_after"] = all(torch.isfinite(p).all().item() for p in full_params(engine).values())
+        results.append(record)
+    return results

@@ -163,3 +163,55 @@ def test_arithmetic_sets_have_the_documented_digit_ranges():
     assert all(1 <= d <= 3 for e in train for d in digits(e))
     assert all(4 <= d <= 6 for e in ood for d in digits(e))
     assert all(int(e.split("=")[1]) == int(e.split("x")[0]) * int(e.split("x")[1].split("=")[0]) for e in train)
+
+
+BAD_FILES = [  # (file name, content, fragment of the error besides the file's path)
+    ("latin1.txt", "café naïve\n".encode("latin-1"), "is not UTF-8 text"),
+    ("binary.txt", bytes(range(128, 256)) * 3, "is not UTF-8 text"),
+    ("broken.jsonl", b'{"text": "ok"}\n{"text": "unclosed\n', "cannot read"),
+    ("fake.parquet", b"this is not a parquet file\n", "cannot read"),
+    ("number.jsonl", b'{"text": "fine"}\n{"text": 123}\n', "row 2 has a int 'text' (123), not a string"),
+]
+
+
+@pytest.mark.parametrize("name,content,fragment", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_unreadable_files_and_bad_rows_name_the_file(tmp_path, name, content, fragment):
+    (tmp_path / "good.txt").write_text("a fine first file\n")
+    (tmp_path / name).write_bytes(content)
+    pattern = f"{tmp_path / 'good.txt'},{tmp_path / name}" if name.endswith(".txt") else str(tmp_path / name)
+    with pytest.raises(ValueError) as err:
+        list(sources.iter_texts(pattern))
+    assert str(tmp_path / name) in str(err.value) and fragment in str(err.value)
+    assert "good.txt" not in str(err.value)
+
+
+def test_rows_without_text_are_counted_in_one_warning(tmp_path):
+    rows = ['{"text": "one"}', '{"title": "no text"}', '{"text": null}', '{"text": ""}', '{"text": "two"}']
+    (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
+    expected = r"skipped 2 row\(s\) without 'text' \(missing or null\) and 1 row\(s\) with empty text"
+    with pytest.warns(UserWarning, match=expected):
+        assert list(sources.iter_texts(str(tmp_path / "d.jsonl"))) == ["one", "two"]
+
+
+def test_token_cache_edge_cases_have_clear_outcomes(tmp_path):
+    pattern = write_corpus(tmp_path / "c", n_files=1, lines=3)
+    tok = CharTokenizer(alphabet="".join(sorted(set(" ".join(WORDS)))) + "\n")
+    with pytest.warns(UserWarning, match="3 documents, fewer than --val-every 50: the validation split is empty"):
+        cache = build_cache(pattern, tok, str(tmp_path / "cache"), val_every=50, show_progress=False)
+    assert len(cache.split("val")) == 0 and len(cache.split("train")) > 0  # no "cannot mmap an empty file"
+    with pytest.raises(ValueError, match="all 3 documents went to the validation split"):
+        build_cache(pattern, tok, str(tmp_path / "cache"), val_every=1, show_progress=False)
+
+    cache.check_vocab(tok.vocab_size)
+    with pytest.raises(ValueError, match=r"holds token id \d+, outside the model's vocabulary of 5"):
+        cache.check_vocab(5)
+    meta = cache.path / "meta.json"
+    for broken in ("{not json", json.dumps({"dtype": "uint16"}), "[]"):
+        meta.write_text(broken)
+        with pytest.raises(ValueError, match=f"token cache file {meta} is invalid: .*delete"):
+            build_cache(pattern, tok, str(tmp_path / "cache"), val_every=50, show_progress=False)
+
+
+def test_a_file_that_is_no_tokenizer_is_named():
+    with pytest.raises(ValueError, match="tokenizer /etc/passwd: not a SentencePiece model"):
+        load_tokenizer("/etc/passwd")

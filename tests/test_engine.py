@@ -121,6 +121,20 @@ def test_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path):
             assert rec["finite_after"] and math.isfinite(rec["losses"][2]), case
 
 
+def test_non_finite_gradient_on_one_rank_is_skipped_and_reported_everywhere(tmp_path):
+    """Finite CE/MBE, infinite gradient on rank 1: DeepSpeed skips it itself under ZeRO 1-3 and bf16, gapt-ds
+    under ZeRO-0 fp32 (where the weights used to turn NaN); either way the step is reported skipped and the
+    gate does not advance. (fp16 cannot run on CPU: its loss-scale skips take DeepSpeed's same path.)"""
+    cases = [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (0, "bf16"), (1, "bf16"), (2, "bf16"), (3, "bf16")]
+    ranks = run_ranks(w.grad_skip_worker, tmp_path, cases=cases, bad_step=1)
+    for rec in (r for rank in ranks for r in rank):
+        case = (rec["stage"], rec["dtype"])
+        assert rec["stats_finite"], case  # only the gradient was poisoned
+        assert rec["skipped"] == [False, True, False], case
+        assert rec["unchanged"] and rec["gate_kept"] and rec["finite_after"], case
+        assert rec["gapt_skipped"] == 1, case
+
+
 def test_any_model_with_explicit_modules_and_scalar_loss(tmp_path):
     r0, r1 = run_ranks(w.mlp_worker, tmp_path, steps=6)
     assert r0 == r1 and r0["layers"] == [0]

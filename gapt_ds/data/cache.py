@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import closing  # stops the tokenizer pool as soon as max_tokens ends the loop
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,24 @@ class TokenCache:
     meta: dict
 
     def split(self, name: str) -> np.ndarray:
-        """The ``train`` or ``val`` tokens as a read-only memmap."""
+        """The ``train`` or ``val`` tokens as a read-only memmap (empty array for an empty split)."""
+        if self.meta["tokens"][name] == 0:  # numpy cannot memory-map an empty file
+            return np.zeros(0, dtype=self.meta["dtype"])
         return np.memmap(self.path / f"{name}.bin", dtype=self.meta["dtype"], mode="r")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Every token id must index the model's embedding: a clear error instead of torch's IndexError."""
+        for name in ("train", "val"):
+            tokens = self.split(name)
+            top = max((int(tokens[i : i + CHUNK].max()) for i in range(0, len(tokens), CHUNK)), default=-1)
+            if top >= vocab_size:
+                raise ValueError(f"token cache {self.path / (name + '.bin')} holds token id {top}, outside the model's "
+                                 f"vocabulary of {vocab_size}: a corrupt cache or another tokenizer's; delete "
+                                 f"{self.path} to rebuild it")
+
+
+CHUNK = 1 << 26  # tokens per max() pass of ``check_vocab`` (bounded memory)
+META_KEYS = {"dtype": str, "tokens": dict}  # what reading the cache needs
 
 
 def cache_key(source: str, tokenizer, max_tokens: Optional[int], val_every: int, seed: int) -> str:
@@ -74,7 +91,12 @@ def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int
                     break
             bar.close()
         if counts["train"] == 0:
-            raise ValueError(f"--data {source!r} produced no tokens (empty documents?)")
+            why = (f"all {docs} documents went to the validation split (--val-every {val_every}); use a larger "
+                   "--val-every" if docs else "it has no documents with text")
+            raise ValueError(f"--data {source!r} gave no training tokens: {why}")
+        if val_every and docs < val_every:
+            warnings.warn(f"--data {source!r} has {docs} documents, fewer than --val-every {val_every}: the "
+                          "validation split is empty (no validation CE); lower --val-every for one", stacklevel=2)
         meta = {"source": source, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
                 "eos_id": tokenizer.eos_id, "dtype": dtype, "documents": docs, "tokens": counts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -85,13 +107,31 @@ def build_cache(source: str, tokenizer, cache_dir: str, max_tokens: Optional[int
     return open_cache(root)
 
 
+def _read_meta(meta_file: Path) -> dict:
+    """``meta.json``, checked: a clear error (and how to fix it) instead of a KeyError deep in training."""
+    try:
+        meta = json.loads(meta_file.read_text())
+        problems = [] if isinstance(meta, dict) else ["not a JSON object"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        meta, problems = {}, [f"not valid JSON ({err})"]
+    if not problems:
+        problems = [f"{k!r} missing or not {t.__name__}" for k, t in META_KEYS.items()
+                    if not isinstance(meta.get(k), t)]
+    if not problems and meta["dtype"] not in ("uint16", "uint32"):  # np.memmap of "object" reads bytes as pointers
+        problems = [f"dtype {meta['dtype']!r} is not uint16/uint32: not a gapt-ds token cache"]
+    if not problems and not all(isinstance(meta["tokens"].get(k), int) for k in ("train", "val")):
+        problems = ["'tokens' must hold the train and val token counts"]
+    if problems:
+        raise ValueError(f"token cache file {meta_file} is invalid: {'; '.join(problems)}; delete "
+                         f"{meta_file.parent} to rebuild it")
+    return meta
+
+
 def open_cache(root: Path) -> TokenCache:
     meta_file = root / "meta.json"
     if not meta_file.is_file():
         raise ValueError(f"token cache {root} is incomplete (no meta.json); delete it and rebuild")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("dtype") not in ("uint16", "uint32"):  # np.memmap of "object" would read raw bytes as pointers
-        raise ValueError(f"{meta_file}: dtype {meta.get('dtype')!r} is not uint16/uint32: not a gapt-ds token cache")
+    meta = _read_meta(meta_file)
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split, n in meta["tokens"].items():
         size = (root / f"{split}.bin").stat().st_size

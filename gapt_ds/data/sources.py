@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -59,14 +60,51 @@ def iter_texts(spec: str, split: str = "train", seed: int = 0) -> Iterator[str]:
         name, _, config = spec[3:].partition(":")
         if not name:
             raise ValueError(f"--data {spec!r}: expected hf:NAME[:CONFIG]")
-        ds = load_dataset(name, config or None, split=split, streaming=True)
-    else:
-        paths = local_files(spec)
-        builder = BUILDERS[paths[0].suffix]
-        ds = load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=True)
-    for i, row in enumerate(ds):
+        yield from _texts(load_dataset(name, config or None, split=split, streaming=True), spec)
+        return
+    for path in local_files(spec):  # one file at a time, so an unreadable file is named
+        yield from _file_texts(path)
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(BUILDERS[path.suffix], data_files=[str(path)], split="train", streaming=True)
+        yield from _texts(rows, str(path))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--data: {path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                         f"{err.start} of a line); convert it, e.g. iconv -f latin1 -t utf-8") from None
+    except ValueError as err:
+        if str(err).startswith("--data"):  # already ours
+            raise
+        raise ValueError(f"--data: cannot read {path} as {path.suffix[1:]}: {_first_line(err)}") from None
+    except Exception as err:  # arrow/datasets errors for a broken or mislabelled file
+        raise ValueError(f"--data: cannot read {path} as {path.suffix[1:]}: {type(err).__name__}: "
+                         f"{_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _texts(rows, where: str) -> Iterator[str]:
+    """The non-empty ``text`` of each row; rows without one are counted and reported in one warning."""
+    missing = empty = 0
+    for i, row in enumerate(rows):
         if TEXT_COLUMN not in row:
-            raise ValueError(f"--data {spec!r}: rows have no {TEXT_COLUMN!r} column (columns: {sorted(row)})")
+            raise ValueError(f"--data {where!r}: rows have no {TEXT_COLUMN!r} column (columns: {sorted(row)})")
         text = row[TEXT_COLUMN]
-        if text:
+        if text is None:
+            missing += 1
+        elif not isinstance(text, str):
+            raise ValueError(f"--data {where}: row {i + 1} has a {type(text).__name__} {TEXT_COLUMN!r} "
+                             f"({text!r:.40}), not a string")
+        elif not text:
+            empty += 1
+        else:
             yield text
+    parts = [f"{missing} row(s) without {TEXT_COLUMN!r} (missing or null)" * bool(missing),
+             f"{empty} row(s) with empty text" * bool(empty)]
+    if missing or empty:
+        warnings.warn(f"--data {where}: skipped {' and '.join(p for p in parts if p)}", stacklevel=2)

@@ -56,7 +56,12 @@ class SentencePieceTokenizer:
         self.path = Path(model_file)
         if not self.path.is_file():
             raise ValueError(f"SentencePiece model not found: {self.path}")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"tokenizer {self.path}: not a SentencePiece model (expected a .model file from "
+                             f"`gapt-ds tokenizer`, or a GPT-2 BPE directory): {str(err).splitlines()[0][:200]}"
+                             ) from None
         self.vocab_size = self.sp.get_piece_size()
         eos = self.sp.eos_id()
         if eos < 0:
