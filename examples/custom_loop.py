@@ -42,6 +42,7 @@ def main() -> None:
     if engine.global_rank == 0:
         print(f"done: {engine.global_steps} steps, phase {engine.phase}", flush=True)
     engine.destroy()  # before the process group goes away (see GaptEngineMixin.destroy)
+    gapt_ds.shutdown()  # ends the process without racing the communicator threads
 
 
 if __name__ == "__main__":

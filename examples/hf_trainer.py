@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 
 import torch
+
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
+import gapt_ds
 from gapt_ds.integrations.hf import GaptTrainer
 
 
@@ -42,6 +44,7 @@ def main() -> None:
     if trainer.is_world_process_zero():
         step = trainer.gapt_engine.last_step
         print(f"step {step.step}: phase {step.phase}, CE {step.ce:.3f}, MBE {step.mbe_mean:.3f}")
+    gapt_ds.shutdown()  # ends the process without racing the communicator threads
 
 
 if __name__ == "__main__":

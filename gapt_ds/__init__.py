@@ -12,3 +12,18 @@ def initialize(*args, **kwargs):
     from gapt_ds.engine import initialize_engine
 
     return initialize_engine(*args, **kwargs)
+
+
+def shutdown(code: int = 0):
+    """End a training script's process safely: every process group is destroyed, exit handlers run and
+    stdio is flushed, then the process exits with ``code`` without interpreter finalization.
+
+    Call it last, after ``engine.destroy()`` (custom loops) or ``trainer.train()`` (``GaptTrainer``).
+    A process that ends normally while its gloo/NCCL groups are alive can abort at interpreter shutdown
+    (SIGABRT, ``terminate called without an active exception``): a communicator thread may still be releasing
+    a finished collective's tensors. ``gapt-ds train`` ends this way by itself.
+    """
+    from gapt_ds.distributed import exit_process, shutdown_process_groups
+
+    shutdown_process_groups()
+    exit_process(code)

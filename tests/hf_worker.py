@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import torch
+
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
+import gapt_ds
 from gapt_ds.integrations.hf import GaptTrainer
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     name = "resumed" if args.resume else "full"
     (Path(args.out) / f"record-{name}-rank{rank}.json").write_text(json.dumps(record.record))
+    gapt_ds.shutdown()  # no interpreter finalization with live process groups (see gapt_ds.shutdown)
 
 
 if __name__ == "__main__":
