@@ -44,7 +44,7 @@ from gapt_ds.deepspeed_compat import (
 )
 from gapt_ds.hooks import MBECapture, find_blocks, select_layers
 from gapt_ds.metrics import MetricsWriter, custom_scalars_layout, step_scalars
-from gapt_ds.skip import forced_overflow, grads_finite
+from gapt_ds.skip import forced_overflow, grad_norm
 from gapt_ds.timeouts import collective_context
 
 STATE_KEY = "gapt"  # key of gapt-ds's state inside DeepSpeed's client_state
@@ -167,11 +167,13 @@ class GaptEngineMixin:
         A step DeepSpeed skips itself (non-finite gradients, fp16 overflow) counts as skipped too."""
         if not self.is_gradient_accumulation_boundary() or self._acc is None:
             return super().step(lr_kwargs)
-        bad_grads = ~grads_finite(self.module.parameters()) if self._own_grad_check() else False
+        norm = grad_norm(self.module.parameters()) if self._own_grad_check() else None
+        bad_grads = ~norm.isfinite() if norm is not None else False
         ce, mbe, (bad_grads, stop) = self._reduce_step_stats([bad_grads, self._stop_requested])
         stats_finite = math.isfinite(ce) and all(math.isfinite(m) for m in mbe)
         finite = stats_finite and bad_grads == 0
-        own_norm = self._plain_grad_norm() if finite else None
+        # DeepSpeed computes no gradient norm here; the averaged gradients are whole on every rank
+        own_norm = norm.item() if finite and norm is not None and self._metrics.monitor is not None else None
         ds_skipped = self.skipped_steps
         if finite:
             super().step(lr_kwargs)
@@ -204,17 +206,9 @@ class GaptEngineMixin:
 
     def _own_grad_check(self) -> bool:
         """Whether gapt-ds must check gradients itself: DeepSpeed checks under ZeRO 1-3 and in its
-        fp16/bf16 wrappers, but a plain optimizer (ZeRO-0 fp32) would apply a non-finite gradient."""
+        fp16/bf16 wrappers, but a plain optimizer (ZeRO-0 fp32) would apply a non-finite gradient. There
+        DeepSpeed also logs no gradient norm, so the same norm is logged."""
         return self.zero_optimization_stage() == 0 and not (self.bfloat16_enabled() or self.fp16_enabled())
-
-    def _plain_grad_norm(self) -> Optional[float]:
-        """Gradient norm where DeepSpeed computes none (ZeRO-0 fp32 with a torch optimizer):
-        the averaged gradients are whole on every rank, so the local norm is the global one."""
-        if not (self.monitor.enabled and self.global_rank == 0) or self.zero_optimization_stage() != 0 \
-                or self.bfloat16_enabled() or self.fp16_enabled():
-            return None
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else None
 
     def _reduce_step_stats(self, flags: Sequence = ()) -> tuple[float, list[float], list[float]]:
         """One SUM all-reduce over data-parallel ranks of [Σce, Σmbe_l, #micro, #windows, #windows², *flags]:

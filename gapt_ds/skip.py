@@ -63,15 +63,15 @@ def forced_overflow(optimizer) -> Iterator[None]:
         own.update({k: v for k, v in saved.items() if k in patched})
 
 
-def grads_finite(params):
-    """A 0-dim bool tensor: the gradients' global L2 norm is finite, DeepSpeed's own overflow test under
-    ZeRO 1-3 (an inf or NaN anywhere makes it non-finite). No host sync: it can ride on a collective."""
+def grad_norm(params):
+    """A 0-dim tensor: the gradients' global L2 norm (0 without gradients). Non-finite iff an inf or NaN is
+    anywhere, DeepSpeed's own overflow test under ZeRO 1-3. No host sync: it can ride on a collective."""
     import torch
 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.tensor(True)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).isfinite()
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 class DivergenceError(RuntimeError):
