@@ -17,6 +17,21 @@ import sys
 import torch
 
 
+def snapshot(engine) -> dict[str, torch.Tensor]:
+    """Every parameter, whole (gathered under ZeRO-3), and its fp32 master copy where the optimizer keeps one."""
+    from deepspeed.utils import safe_get_full_fp32_param
+    import deepspeed
+
+    out = {}
+    for name, param in engine.module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
+            out[name] = param.detach().clone()
+        master = safe_get_full_fp32_param(param)
+        if master is not None:
+            out[name + " (fp32 master)"] = master.detach().clone()
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=12)
@@ -45,15 +60,19 @@ def main() -> int:
     for step in range(args.steps):
         x = torch.randint(0, 512, (4, 64), generator=g).to(engine.device)
         poison["on"] = step == args.bad_step
-        before = {n: p.detach().clone() for n, p in engine.module.named_parameters()} if poison["on"] else None
+        before = snapshot(engine) if poison["on"] else None
         ds_skipped, gapt_skipped = engine.skipped_steps, engine.gapt_skipped_steps
         loss = engine(input_ids=x, labels=x).loss
         engine.backward(loss)
         engine.step()
         losses.append(float(loss))
         if before is not None:
-            if not all(torch.equal(before[n], p) for n, p in engine.module.named_parameters()):
-                failures.append("parameters changed on the poisoned step")
+            after = snapshot(engine)
+            changed = [f"{n} (max |diff| {(after[n].float() - v.float()).abs().max():.3g})" for n, v in before.items()
+                       if not torch.equal(v, after[n])]
+            if changed:
+                failures.append(f"{len(changed)} of {len(before)} tensors changed on the poisoned step: "
+                                + ", ".join(changed[:4]))
             if engine.skipped_steps != ds_skipped + 1 or engine.gapt_skipped_steps != gapt_skipped + 1:
                 failures.append(f"skip not counted: skipped_steps {ds_skipped}->{engine.skipped_steps}, "
                                 f"gapt_skipped_steps {gapt_skipped}->{engine.gapt_skipped_steps}")

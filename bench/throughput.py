@@ -74,7 +74,9 @@ def run_arm(args, algorithm: str, workdir: Path) -> float:
            "--eval-batches", "1", "--save-every", "0", "--run-dir", str(workdir / algorithm), "--no-progress",
            "--cache-dir", str(workdir / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode:
+        sys.exit(f"{algorithm} arm failed (exit {done.returncode}); the run's last output:\n{done.stdout[-4000:]}")
     rows = [json.loads(line) for line in (workdir / algorithm / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][args.warmup :]
     return statistics.median(rates)

@@ -58,7 +58,7 @@ class Evaluator:
         per_rank = self.arith_problems // self.world
         for name, digits in self.task.eval_sets.items():
             examples = eval_examples(digits, per_rank * self.world, seed=self.seed,
-                                     reverse=self.task.reverse)[self.rank :: self.world]
+                                     reverse=self.task.reverse, pad=self.task.pad)[self.rank :: self.world]
             sums = [0.0, 0.0, 0.0]
             for i in range(0, len(examples), ARITH_BATCH):
                 inputs, labels = answer_batch(examples[i : i + ARITH_BATCH], self.tok)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gapt_ds.data.arithmetic import IGNORE, ProblemBatches, Task, check_args, eval_examples, training_texts
+from gapt_ds.data.arithmetic import (IGNORE, ProblemBatches, Task, check_args, eval_examples, format_example,
+                                     training_texts)
 from gapt_ds.data.tokenizers import CharTokenizer
 from gapt_ds.train import build_parser
 
@@ -26,6 +27,23 @@ def test_reversed_answers_and_cpu_digit_ranges():
     assert eval_examples((3, 4), 5, seed=0, reverse=True)[0] != eval_examples((3, 4), 5, seed=0)[0]
     assert Task.from_spec(task.data_spec()) == Task((1, 2), (4, 6), reverse=True)  # the training side round-trips
     assert Task().data_spec() == "arithmetic"
+
+
+def test_padded_examples_have_fixed_width_and_round_trip():
+    assert format_example(7, 93, width=2) == "07x93=0651\n"
+    assert format_example(7, 93, reverse=True, width=2) == "07x93=1560\n"
+    task = Task((1, 2), (3, 4), reverse=True, pad=True)
+    texts = list(training_texts(seed=1, count=200, task=task))
+    assert {len(t) for t in texts} == {task.max_len((1, 2))}  # every ID example: 2+1+2+1+4+1 symbols
+    for text in texts:
+        lhs, answer = text.rstrip("\n").split("=")
+        a, b = map(int, lhs.split("x"))
+        assert int(answer[::-1]) == a * b
+    assert {len(e) for e in eval_examples((3, 4), 20, seed=0, reverse=True, pad=True)} == {task.max_len((3, 4))}
+    assert Task.from_spec(task.data_spec()) == Task((1, 2), (4, 6), reverse=True, pad=True)
+    tok = CharTokenizer()
+    x, _ = ProblemBatches(Task((1, 2), (3, 4), per_problem=True, pad=True), tok, 12, 4, 0, 1).micro_batch_at(0)
+    assert (x[:, 11] == tok.eos_id).all() and (x[:, 2] == tok.encode("x")[0]).all()
 
 
 def test_problem_batches_pad_mask_and_are_a_function_of_the_index():

@@ -13,6 +13,9 @@ Task options (``gapt-ds train`` flags, all off by default = the paper's packed s
 - ``--arith-per-problem``: one problem per training sequence, right-padded to ``--seq-len`` with the
   end-of-text token; padding positions get ``labels = -100`` (no packing across problems). The MBE windows
   still cover the whole sequence, padding included (the engine measures MBE on every position);
+- ``--arith-pad``: fixed-width examples: operands zero-padded to the range's largest digit count D and the
+  answer to 2D digits (``7x93=651`` becomes ``07x93=0651``; with ``--arith-reverse``, ``07x93=1560``), so
+  every digit of an ID example sits at the same position; OOD examples are padded to their own D;
 - ``--arith-answer-loss`` (needs ``--arith-per-problem``): ``labels = -100`` outside the answer, so the
   training CE (and the CE the gate watches) is the answer CE. Hugging Face GPT-2's loss ignores -100.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator, Optional
 
 if TYPE_CHECKING:  # torch is imported where it is used: `gapt-ds train --help` reads this module's options
@@ -42,9 +45,10 @@ def sample_problem(rng: random.Random, digits: tuple[int, int]) -> tuple[int, in
     return operand(), operand()
 
 
-def format_example(a: int, b: int, reverse: bool = False) -> str:
-    answer = str(a * b)
-    return f"{a}x{b}={answer[::-1] if reverse else answer}\n"
+def format_example(a: int, b: int, reverse: bool = False, width: int = 0) -> str:
+    """``axb=c\n``; ``width`` > 0 zero-pads the operands to ``width`` digits and the answer to ``2 * width``."""
+    answer = str(a * b).zfill(2 * width)
+    return f"{str(a).zfill(width)}x{str(b).zfill(width)}={answer[::-1] if reverse else answer}\n"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Task:
     reverse: bool = False
     per_problem: bool = False
     answer_loss: bool = False
+    pad: bool = False
+
+    def width(self, digits: tuple[int, int]) -> int:
+        """Operand width of examples with operands of ``digits`` (0: unpadded)."""
+        return digits[1] if self.pad else 0
 
     @property
     def eval_sets(self) -> dict[str, tuple[int, int]]:
@@ -67,9 +76,10 @@ class Task:
 
     def data_spec(self) -> str:
         """The ``--data`` source name of the training text (the token cache is keyed by it)."""
-        if (self.id_digits, self.reverse) == (ID_DIGITS, False):
+        if (self.id_digits, self.reverse, self.pad) == (ID_DIGITS, False, False):
             return "arithmetic"
-        return f"arithmetic:id={self.id_digits[0]}-{self.id_digits[1]}{',reverse' if self.reverse else ''}"
+        opts = "".join(f",{name}" for name, on in (("reverse", self.reverse), ("pad", self.pad)) if on)
+        return f"arithmetic:id={self.id_digits[0]}-{self.id_digits[1]}{opts}"
 
     @classmethod
     def from_spec(cls, spec: str) -> "Task":
@@ -77,12 +87,12 @@ class Task:
         _, _, opts = spec.partition(":")
         task = cls()
         for opt in filter(None, opts.split(",")):
-            if opt == "reverse":
-                task = cls(task.id_digits, task.ood_digits, True)
+            if opt in ("reverse", "pad"):
+                task = replace(task, **{opt: True})
             elif opt.startswith("id="):
-                task = cls(parse_range(opt[3:]), task.ood_digits, task.reverse)
+                task = replace(task, id_digits=parse_range(opt[3:]))
             else:
-                raise ValueError(f"--data {spec!r}: unknown arithmetic option {opt!r} (id=A-B, reverse)")
+                raise ValueError(f"--data {spec!r}: unknown arithmetic option {opt!r} (id=A-B, reverse, pad)")
         return task
 
 
@@ -101,12 +111,13 @@ def training_texts(seed: int, count: int = 200_000, task: Task = Task()) -> Iter
     """``count`` training examples with ID operands (a deterministic stream for the token cache)."""
     rng = random.Random(seed)
     for _ in range(count):
-        yield format_example(*sample_problem(rng, task.id_digits), reverse=task.reverse)
+        yield format_example(*sample_problem(rng, task.id_digits), task.reverse, task.width(task.id_digits))
 
 
-def eval_examples(digits: tuple[int, int], count: int, seed: int, reverse: bool = False) -> list[str]:
+def eval_examples(digits: tuple[int, int], count: int, seed: int, reverse: bool = False,
+                  pad: bool = False) -> list[str]:
     rng = random.Random(10_000 + seed * 7 + digits[0])
-    return [format_example(*sample_problem(rng, digits), reverse=reverse) for _ in range(count)]
+    return [format_example(*sample_problem(rng, digits), reverse, digits[1] if pad else 0) for _ in range(count)]
 
 
 class ProblemBatches:
@@ -132,7 +143,8 @@ class ProblemBatches:
         inputs = torch.full((self.micro_batch, self.seq_len), self.tok.eos_id, dtype=torch.long)
         labels = torch.full((self.micro_batch, self.seq_len), IGNORE, dtype=torch.long)
         for row in range(self.micro_batch):
-            seq = self.tok.encode(format_example(*sample_problem(rng, self.task.id_digits), reverse=self.task.reverse))
+            problem = sample_problem(rng, self.task.id_digits)
+            seq = self.tok.encode(format_example(*problem, self.task.reverse, self.task.width(self.task.id_digits)))
             inputs[row, : len(seq)] = torch.tensor(seq)
             start = seq.index(self.eq) + 1 if self.task.answer_loss else 0
             labels[row, start : len(seq)] = inputs[row, start : len(seq)]
@@ -146,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "`1-2:3-4` is the CPU-scale variant)")
     a.add_argument("--arith-reverse", action="store_true",
                    help="arithmetic answers written least-significant digit first")
+    a.add_argument("--arith-pad", action="store_true",
+                   help="fixed-width arithmetic examples: operands zero-padded to the digit range's maximum D, the "
+                   "answer to 2D digits (ID and OOD each to their own D)")
     a.add_argument("--arith-per-problem", action="store_true",
                    help="one arithmetic problem per training sequence, right-padded to `--seq-len` with the "
                    "end-of-text token (no packing); padding gets `labels = -100`, the MBE windows still cover it")
@@ -162,12 +177,13 @@ def task_from_args(args: argparse.Namespace) -> Optional[Task]:
     if not sep:
         raise ValueError(f"--arith-digits {args.arith_digits!r}: expected ID:OOD ranges, e.g. 1-2:3-4")
     return Task(parse_range(id_text), parse_range(ood_text), args.arith_reverse, args.arith_per_problem,
-                args.arith_answer_loss)
+                args.arith_answer_loss, args.arith_pad)
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
     """Problems with the task flags (empty when fine)."""
-    flags = args.arith_reverse or args.arith_per_problem or args.arith_answer_loss or args.arith_digits != "1-3:4-6"
+    flags = (args.arith_reverse or args.arith_per_problem or args.arith_answer_loss or args.arith_pad
+             or args.arith_digits != "1-3:4-6")
     if args.data != "arithmetic":
         return [f"--arith-* options need --data arithmetic, got --data {args.data!r}"] if flags else []
     problems = []
