@@ -19,6 +19,7 @@ against the installed DeepSpeed, so a DeepSpeed release that changes one fails t
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterator
 
 from torch import nn
@@ -126,3 +127,21 @@ def clear_zero3_param_state(params: list) -> None:
     """Drop ZeRO-3's per-parameter state (groups, gather closures), which outlives ``engine.destroy()``."""
     for p in params:
         p.__dict__.clear()
+
+
+def default_cuda_arch_list() -> None:
+    """Set ``TORCH_CUDA_ARCH_LIST`` to the visible GPUs' compute capabilities when unset. Without it DeepSpeed's
+    JIT op builds (fused Adam) parse torch's arch list, which names ``sm_90a`` on Hopper builds of torch, and
+    fail with ``invalid literal for int() with base 10: '0a'`` (DeepSpeed issue 7589); measured on an H100
+    with torch 2.11 and DeepSpeed 0.19.8. Building for the local GPUs only is also faster."""
+    import torch
+
+    if "TORCH_CUDA_ARCH_LIST" in os.environ or not torch.cuda.is_available():
+        return
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list(
+        torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+
+
+def arch_list(capabilities) -> str:
+    """``TORCH_CUDA_ARCH_LIST`` for (major, minor) capabilities: ``[(9, 0), (8, 0), (9, 0)]`` -> ``"8.0;9.0"``."""
+    return ";".join(f"{major}.{minor}" for major, minor in sorted(set(capabilities)))

@@ -36,6 +36,7 @@ from gapt_ds.deepspeed_compat import (
     autocast,
     clear_zero3_param_state,
     close_tensorboard,
+    default_cuda_arch_list,
     on_cpu,
     parsed_config,
     remove_module_hooks,
@@ -359,6 +360,8 @@ def initialize_engine(args=None, model: Optional[nn.Module] = None, optimizer=No
         kwargs["distributed_port"] = distributed_port
     if on_cpu():
         skip_cpu_shm_build()  # as gapt-ds train: the op serves only inference all-reduce
+    else:
+        default_cuda_arch_list()  # as gapt-ds train: DeepSpeed's JIT builds fail on Hopper torch builds without it
     with announce_op_builds(_say_op_build):
         engine, ds_optimizer, loader, scheduler = deepspeed.initialize(**kwargs)
     if cfg is None:  # e.g. a config DeepSpeed found by itself: read the block from the parsed dict

@@ -125,7 +125,7 @@ def set_env_defaults(master_port: str = DEFAULT_MASTER_PORT) -> None:
 
 def prepare_process(master_port: str = DEFAULT_MASTER_PORT) -> None:
     """Before DeepSpeed starts: env defaults, no JIT build of DeepSpeed's CPU shm op, quiet known warnings."""
-    from gapt_ds.deepspeed_compat import skip_cpu_shm_build
+    from gapt_ds.deepspeed_compat import default_cuda_arch_list, skip_cpu_shm_build
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         skip_cpu_shm_build()
@@ -133,24 +133,6 @@ def prepare_process(master_port: str = DEFAULT_MASTER_PORT) -> None:
         default_cuda_arch_list()
     quiet_known_noise()
     set_env_defaults(master_port)
-
-
-def default_cuda_arch_list() -> None:
-    """Set ``TORCH_CUDA_ARCH_LIST`` to the visible GPUs' compute capabilities when unset. Without it DeepSpeed's
-    JIT op builds (fused Adam) parse torch's arch list, which names ``sm_90a`` on Hopper builds of torch, and
-    fail with ``invalid literal for int() with base 10: '0a'`` (DeepSpeed issue 7589); measured on an H100
-    with torch 2.11 and DeepSpeed 0.19.8. Building for the local GPUs only is also faster."""
-    import torch
-
-    if "TORCH_CUDA_ARCH_LIST" in os.environ or not torch.cuda.is_available():
-        return
-    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list(
-        torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
-
-
-def arch_list(capabilities) -> str:
-    """``TORCH_CUDA_ARCH_LIST`` for (major, minor) capabilities: ``[(9, 0), (8, 0), (9, 0)]`` -> ``"8.0;9.0"``."""
-    return ";".join(f"{major}.{minor}" for major, minor in sorted(set(capabilities)))
 
 
 # DeepSpeed's ZeRO calls these torch.distributed names (not gapt-ds), and torch deprecates them

@@ -109,3 +109,20 @@ def test_on_cpu_follows_ds_accelerator():
     import os
 
     assert deepspeed_compat.on_cpu() == (os.environ.get("DS_ACCELERATOR") == "cpu")
+
+
+def test_cuda_arch_list_defaults_to_the_visible_gpus(monkeypatch):
+    import os
+
+    import torch
+
+    assert deepspeed_compat.arch_list([(9, 0), (8, 0), (9, 0)]) == "8.0;9.0"
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: [(9, 0), (8, 0), (9, 0)][i])
+    deepspeed_compat.default_cuda_arch_list()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0")  # the user's setting wins
+    deepspeed_compat.default_cuda_arch_list()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "7.0"

@@ -3,7 +3,7 @@
 import json
 
 from gapt_ds.data.arithmetic import parse_range
-from gapt_ds.runtime import arch_list, run_main
+from gapt_ds.runtime import run_main
 
 
 def test_user_mistake_is_one_line(capsys):
@@ -23,8 +23,3 @@ def test_value_error_from_a_dependency_says_where_with_the_traceback(capsys):
     assert err.startswith("gapt-ds train: error: Expecting property name")
     assert "raised inside " in err and "json" in err and "not by a gapt-ds check" in err
     assert "Traceback (most recent call last)" in err and "in main" in err
-
-
-def test_arch_list_is_sorted_and_unique():
-    assert arch_list([(9, 0), (8, 0), (9, 0)]) == "8.0;9.0"
-    assert arch_list([]) == ""

@@ -43,12 +43,12 @@ _ARITHMETIC = ("--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", 
 RECIPES: dict[str, Recipe] = {
     "arithmetic": Recipe("recipes/arithmetic.json", (*_ARITHMETIC, "--steps", "1000", "--eval-every", "200",
                                                      "--save-every", "0", "--arith-eval", "512")),
-    # CPU-scale multiplication: ID 1-2 / OOD 3-4 digits, reversed answers, one problem per sequence, answer-only
-    # loss (see gapt_ds/data/arithmetic.py)
+    # CPU-scale multiplication: ID 1-2 / OOD 3-4 digits, reversed fixed-width answers, one problem per sequence,
+    # answer-only loss (see gapt_ds/data/arithmetic.py)
     "arithmetic-cpu": Recipe("recipes/arithmetic_cpu.json",
                              ("--data", "arithmetic", "--tokenizer", "char", "--model", "cpu", "--seq-len", "24",
-                              "--arith-digits", "1-2:3-4", "--arith-reverse", "--arith-per-problem",
-                              "--arith-answer-loss", "--steps", "1500", "--eval-every", "100", "--save-every", "0",
+                              "--arith-digits", "1-2:3-4", "--arith-reverse", "--arith-pad", "--arith-per-problem",
+                              "--arith-answer-loss", "--steps", "5000", "--eval-every", "500", "--save-every", "0",
                               "--arith-eval", "512")),
     "text-cpu": Recipe("cpu_default.json", ("--model", "cpu", "--seq-len", "128", "--steps", "600", "--eval-every",
                                             "100", "--save-every", "0", "--arith-eval", "0")),
