@@ -1,6 +1,7 @@
 """Training-run checkpoints: DeepSpeed's own (model, optimizer, scheduler, and the gate through the engine's
-``save_checkpoint``) plus the run state that makes a resume exact: data position, per-rank RNG, and the
-settings that must not change.
+``save_checkpoint``) plus the run state that makes a resume exact: data position (sequences consumed by all
+ranks together, and the batch layout the data order was laid out with), per-rank RNG, and the settings that
+must not change. A resume on another world size loads the tag's universal form (``gapt_ds.universal``).
 
 Only DeepSpeed's writer ranks store ``client_state``, so per-rank RNG states are all-gathered first and
 each rank picks its own on load.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from gapt_ds import distributed
-from gapt_ds.rng import all_rng_states, set_rng_state
+from gapt_ds.rng import all_rng_states, reseed, set_rng_state
 
 RUN_KEY = "gapt_run"
 
@@ -104,15 +105,15 @@ def _write_files(engine, ckpt_dir: Path, tag: str, client_state: dict) -> list[s
     return _gather_errors(recorder.errors)
 
 
-def save(engine, ckpt_dir: Path, step: int, micro_batches: int, fingerprint: dict, settings: Optional[dict] = None,
+def save(engine, ckpt_dir: Path, step: int, data: dict, fingerprint: dict, settings: Optional[dict] = None,
          keep_last: int = 0) -> None:
     """Collective: every rank calls it. Writes tag ``step{N}``, marks it complete once every rank has written
     its files, then points ``latest`` at it. If any rank fails, every rank raises CheckpointSaveError and
-    the partial tag is removed. ``keep_last`` > 0 then deletes all but the newest that many complete tags."""
+    the partial tag is removed. ``keep_last`` > 0 then deletes all but the newest that many complete tags.
+    ``data`` is the data position: ``{"sequences": consumed, "data_layout": [W0, B0]}`` (``data_position``)."""
     rank = distributed.rank()
     tag_dir = ckpt_dir / f"step{step}"
-    run = {"step": step, "micro_batches": micro_batches, "rng": all_rng_states(), "fingerprint": fingerprint,
-           "settings": settings}
+    run = {"step": step, **data, "rng": all_rng_states(), "fingerprint": fingerprint, "settings": settings}
     if rank == 0 and tag_dir.exists():  # left by an earlier save of this step that never completed
         shutil.rmtree(tag_dir)
     errors = _write_files(engine, ckpt_dir, tag_dir.name, {RUN_KEY: run})
@@ -136,20 +137,41 @@ def save(engine, ckpt_dir: Path, step: int, micro_batches: int, fingerprint: dic
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load(engine, tag_dir: Path) -> dict:
-    """Restore ``tag_dir`` (checked by ``resume.check`` first); returns the run state."""
+def load(engine, tag_dir: Path, universal: bool = False) -> dict:
+    """Restore ``tag_dir`` (checked by ``resume.check`` first), from its universal form if ``universal``
+    (the engine must be built with ``"checkpoint": {"load_universal": true}``); returns the run state.
+    Every rank gets its saved RNG state back; on another world size that cannot map, so each rank is
+    seeded from (seed, step, rank) instead."""
+    load_dir, tag = (tag_dir, "universal") if universal else (tag_dir.parent, tag_dir.name)
     try:
-        path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
     except ValueError:
         raise
     except Exception as err:  # torch.load / state_dict errors: corrupt files or another model shape
-        raise ValueError(f"--resume: cannot load checkpoint {tag_dir}: it is truncated, corrupt or from a "
+        raise ValueError(f"--resume: cannot load checkpoint {load_dir / tag}: it is truncated, corrupt or from a "
                          f"different model/ZeRO setting ({type(err).__name__}: {str(err)[:300]})") from None
     if path is None or not client_state or RUN_KEY not in client_state:
         raise ValueError(f"--resume: {tag_dir} is not a gapt-ds training checkpoint (no run state)")
+    if universal and engine.zero_optimization_stage() == 3:
+        from gapt_ds.deepspeed_compat import repair_zero3_universal_load
+
+        repair_zero3_universal_load(engine, str(load_dir / tag))
     run = client_state[RUN_KEY]
-    set_rng_state(run["rng"][distributed.rank()])
+    if len(run["rng"]) == distributed.world_size():
+        set_rng_state(run["rng"][distributed.rank()])
+    else:
+        reseed(run["fingerprint"]["seed"], run["step"], distributed.rank())
     return run
+
+
+def data_position(run: dict) -> tuple[int, tuple[int, int]]:
+    """(sequences consumed, data layout (W0, B0)) of a run state. Older checkpoints recorded the global
+    micro-batches read (``micro_batches``) in their own layout instead."""
+    fp = run["fingerprint"]
+    layout = tuple(run.get("data_layout") or (fp["world_size"], fp["micro_batch"]))
+    if "sequences" in run:
+        return int(run["sequences"]), layout
+    return int(run["micro_batches"]) * fp["world_size"] * fp["micro_batch"], layout
 
 
 def is_complete(tag_dir: Path) -> bool:

@@ -1,4 +1,4 @@
-"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``sweep``, ``report``, ``export``.
+"""``gapt-ds`` command line: ``train``, ``tokenizer``, ``recipe``, ``sweep``, ``report``, ``export``, ``universal``.
 
     gapt-ds train --deepspeed_config ds_configs/cpu_default.json --data arithmetic --steps 300
     gapt-ds tokenizer --data 'corpus/*.txt' --vocab-size 8000 --out runs/tok/spm
@@ -6,6 +6,7 @@
     gapt-ds sweep forgetting --grid gapt.mbe_weight=0.3,1,3 --seeds 0-9 --out runs/sweep_forgetting
     gapt-ds report runs/arithmetic/*-s* --out runs/arithmetic/report
     gapt-ds export runs/demo/checkpoints runs/demo/hf
+    gapt-ds universal runs/demo/checkpoints     # before resuming on another number of ranks (--resume also does it)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ COMMANDS = {
     "sweep": "a grid over config keys/flags x arms x seeds, with paired statistics",
     "report": "plots and a comparison table from run directories",
     "export": "a training checkpoint as a Hugging Face GPT-2 directory",
+    "universal": "a checkpoint in DeepSpeed's universal form (resume on another number of ranks)",
 }
 
 
@@ -96,9 +98,15 @@ def _export():
     return main, True
 
 
+def _universal():
+    from gapt_ds.universal import main
+
+    return main, True
+
+
 # each subcommand's (main, print its result?), imported on use: DeepSpeed is slow to import
 _COMMAND_MAINS = {"train": _train, "tokenizer": lambda: (tokenizer_main, True), "recipe": _recipe,
-                  "sweep": _sweep, "report": _report, "export": _export}
+                  "sweep": _sweep, "report": _report, "export": _export, "universal": _universal}
 
 
 def entry(argv: Optional[list[str]] = None) -> NoReturn:

@@ -14,6 +14,12 @@ against the installed DeepSpeed, so a DeepSpeed release that changes one fails t
 - ``remove_module_hooks``: ``engine.module_forward_pre_hook`` / ``module_forward_post_hook``, the forward
   hooks DeepSpeed puts on the module.
 - ``clear_zero3_param_state``: the ``ds_*`` attributes ZeRO-3 puts in each parameter's ``__dict__``.
+- ``to_universal``: ``deepspeed.checkpoint.ds_to_universal.main``, DeepSpeed's converter script, called with
+  the argument namespace its command line would build.
+- ``repair_zero3_universal_load``: ZeRO-3's universal load (``load_hp_checkpoint_state_from_checkpoint_dir_stage3``,
+  DeepSpeed 0.19.8) gives every optimizer parameter group the hyperparameters of group 0 (e.g. weight decay
+  on the biases and LayerNorms), and one shared ``step`` tensor to every parameter group's state, which
+  torch's Adam then advances once per group and optimizer step (a wrong bias correction). This undoes both.
 """
 
 from __future__ import annotations
@@ -145,3 +151,37 @@ def default_cuda_arch_list() -> None:
 def arch_list(capabilities) -> str:
     """``TORCH_CUDA_ARCH_LIST`` for (major, minor) capabilities: ``[(9, 0), (8, 0), (9, 0)]`` -> ``"8.0;9.0"``."""
     return ";".join(f"{major}.{minor}" for major, minor in sorted(set(capabilities)))
+
+
+def to_universal(input_dir: str, output_dir: str) -> None:
+    """Convert one ZeRO 1-3 checkpoint tag into DeepSpeed's universal form in ``output_dir`` (which a
+    ``"checkpoint": {"load_universal": true}`` engine loads on any world size), in this process: one worker
+    each, so no subprocesses. ``inject_missing_state`` adds the version record a model without
+    ``universal_checkpoint_info`` lacks. The converter also writes ``latest_universal`` next to ``output_dir``."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    ds_to_universal.main(argparse.Namespace(input_folder=input_dir, output_folder=output_dir, num_extract_workers=1,
+                                            num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                            inject_missing_state=True))
+
+
+def repair_zero3_universal_load(engine: Any, universal_dir: str) -> None:
+    """After a ZeRO-3 engine loaded ``universal_dir``: give each parameter group of the wrapped optimizer
+    the hyperparameters saved for it (``zero/optimizer_state.pt``), not group 0's, and each parameter
+    state its own ``step`` tensor."""
+    import torch
+
+    from gapt_ds.safe_load import safe_load
+
+    saved = safe_load(f"{universal_dir}/zero/optimizer_state.pt")["optimizer_state_dict"]["param_groups"]
+    optimizer = engine.optimizer.optimizer
+    if len(saved) != len(optimizer.param_groups):
+        raise ValueError(f"{universal_dir}: the checkpoint's optimizer has {len(saved)} parameter groups, this "
+                         f"run's {len(optimizer.param_groups)}")
+    for group, values in zip(optimizer.param_groups, saved):
+        group.update({k: v for k, v in values.items() if k != "params"})
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()

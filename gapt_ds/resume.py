@@ -1,17 +1,20 @@
 """``--resume`` admission: the checkpoint's settings against this run's, before anything is loaded or written.
 
-Fixed settings (data, tokenizer, sequence length, world size, micro-batch, accumulation, seed, model) can
-never change: the data position, the per-rank RNG states and the weights depend on them. Every other
-DeepSpeed config key (the ``"gapt"`` block included) and training argument may change only with
-``--allow-config-change``, except the ones below, which never affect the trained weights.
+Fixed settings (data, tokenizer, sequence length, seed, model) can never change: the data and the weights
+depend on them. The world size, micro-batch and accumulation steps may change together as long as the
+global batch (their product: sequences per optimizer step) stays the same; a new world size then loads
+the tag's universal form (``gapt_ds.universal``). Every other DeepSpeed config key (the ``"gapt"`` block
+included) and training argument may change only with ``--allow-config-change``, except the ones below,
+which never affect the trained weights.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 # training arguments free to change on resume: budget, evaluation, saving, logging, paths, launcher plumbing
 MAY_CHANGE_ARGS = frozenset({
@@ -22,10 +25,14 @@ MAY_CHANGE_ARGS = frozenset({
 FIXED_ARGS = frozenset({"data", "tokenizer", "seq_len", "seed", "model", "model_config", "init_from", "dropout"})
 # model config keys that may change (with --allow-config-change): regularisation, not the weights' shapes
 SOFT_MODEL_KEYS = frozenset({"attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_first_dropout"})
-# DeepSpeed config sections and "gapt" keys that only change what is logged or measured
+# the fingerprint's batch layout: free to change while the global batch (their product) stays the same
+LAYOUT = ("world_size", "micro_batch", "grad_accum")
+# DeepSpeed config sections and "gapt" keys that only change what is logged or measured, and the batch keys
+# (checked through the fingerprint's layout instead)
 MAY_CHANGE_CONFIG = frozenset({
     "tensorboard", "wandb", "csv_monitor", "comet", "steps_per_print", "wall_clock_breakdown", "flops_profiler",
-    "comms_logger", "gapt.alignment_every"})
+    "comms_logger", "gapt.alignment_every", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "train_batch_size"})
 _UNSET = object()
 Change = tuple[str, Any, Any]
 
@@ -65,6 +72,37 @@ def fixed_changes(saved: dict, current: dict) -> list[Change]:
     return diff(expand(saved), expand(current))
 
 
+def layout_problem(saved: dict, current: dict) -> Optional[str]:
+    """Why the current batch layout cannot continue the checkpoint's (None: it can): the global batch
+    W x B x GAS (sequences per optimizer step, DeepSpeed's train_batch_size) must stay the same."""
+    (w0, b0, g0), (w, b, g) = (tuple(fp[k] for k in LAYOUT) for fp in (saved, current))
+    total, now = w0 * b0 * g0, w * b * g
+    if total == now:
+        return None
+    fixes = []
+    if total % (w * b) == 0:
+        fixes.append(f"gradient_accumulation_steps {total // (w * b)}")
+    if total % (w * g) == 0:
+        fixes.append(f"train_micro_batch_size_per_gpu {total // (w * g)}")
+    fix = (f"set {' or '.join(fixes)}" if fixes else f"no micro-batch x accumulation split of {total} sequences "
+           f"over {w} ranks exists: use a number of ranks that divides {total}")
+    return (f"global batch: the checkpoint trained {w0} rank(s) x micro-batch {b0} x {g0} accumulation step(s) = "
+            f"{total} sequences per optimizer step; this run has {w} x {b} x {g} = {now}. The global batch must "
+            f"stay {total} on resume: {fix} (train_batch_size, if set, {total})")
+
+
+def nvme_problem(saved: dict, current: dict, ds_config: dict) -> Optional[str]:
+    """NVMe-offloaded state is kept per rank outside the checkpoint's ZeRO files: it cannot move to another
+    world size."""
+    zero = ds_config.get("zero_optimization") or {}
+    nvme = [k for k in ("offload_optimizer", "offload_param") if (zero.get(k) or {}).get("device") == "nvme"]
+    if not nvme or saved["world_size"] == current["world_size"]:
+        return None
+    return (f"world size {saved['world_size']} -> {current['world_size']}: zero_optimization.{nvme[0]} is on NVMe, "
+            "whose per-rank swap files DeepSpeed's universal checkpoint cannot redistribute; resume on "
+            f"{saved['world_size']} ranks")
+
+
 def _is_soft(change: Change) -> bool:
     path = change[0].split(".")
     return len(path) == 2 and path[0] == "model" and path[1] in SOFT_MODEL_KEYS
@@ -82,21 +120,27 @@ def describe(changes: list[Change], suffix: str = "") -> str:
 def check(tag_dir: Path, run_state: dict, fingerprint: dict, current: dict, allow_change: bool) -> list[Change]:
     """Refuse (ValueError listing every difference) unless only allowed changes were made; returns the
     accepted config changes, already reported as a warning."""
-    model_and_fixed = fixed_changes(run_state["fingerprint"], fingerprint)
+    model_and_fixed = [c for c in fixed_changes(run_state["fingerprint"], fingerprint) if c[0] not in LAYOUT]
     fixed = [c for c in model_and_fixed if not _is_soft(c)]
+    batch = layout_problem(run_state["fingerprint"], fingerprint) or nvme_problem(run_state["fingerprint"],
+                                                                                   fingerprint, current["ds_config"])
     saved = run_state.get("settings")
     if saved is None:
         warnings.warn(f"{tag_dir} does not record its DeepSpeed config and arguments (an older gapt-ds): "
                       "config changes on this resume are not checked")
     changes = [c for c in model_and_fixed if _is_soft(c)] + (config_changes(saved, current) if saved else [])
-    if fixed or (changes and not allow_change):
+    if fixed or batch or (changes and not allow_change):
         lines = [f"{tag_dir} was written by a run with other settings:"]
         if fixed:
             lines.append(describe(fixed, "  (fixed)"))
         if changes:
             lines.append(describe(changes))
-        lines.append("Settings marked (fixed) can never change on resume: use a new --run-dir." if fixed else
-                     "Pass --allow-config-change to resume with these changes.")
+        if batch:
+            lines.append(f"  {batch}")
+        if fixed:
+            lines.append("Settings marked (fixed) can never change on resume: use a new --run-dir.")
+        elif changes and not allow_change:
+            lines.append("Pass --allow-config-change to resume with these changes.")
         raise ValueError("\n".join(lines))
     if changes:
         warnings.warn(f"--allow-config-change: resuming {tag_dir} with changed settings:\n{describe(changes)}")
@@ -109,16 +153,38 @@ def as_records(changes: list[Change]) -> list[dict]:
             for path, old, new in changes]
 
 
-def admit(ckpt_dir: Path, fingerprint: dict, current: dict, allow_change: bool) -> tuple[str, list[dict]]:
+@dataclass
+class Admitted:
+    """What ``admit`` accepted: the tag, the config changes (records) and, on a new world size, the
+    checkpoint's batch layout (world size, micro-batch, accumulation) and whether its universal form is used."""
+
+    tag: str
+    changes: list[dict] = field(default_factory=list)
+    saved_layout: Optional[tuple[int, int, int]] = None
+    universal: bool = False
+
+
+def admit(ckpt_dir: Path, fingerprint: dict, current: dict, allow_change: bool) -> Admitted:
     """Rank 0, before the engine exists: pick the complete tag to resume, check its files unpickle safely and
-    its settings match. Returns (tag, accepted config changes as records)."""
-    from gapt_ds import checkpoint
+    its settings match. On a new world size, a ZeRO 1-3 tag is converted to its universal form (once)."""
+    from gapt_ds import checkpoint, universal
     from gapt_ds.safe_load import verify_tag
 
     try:
         tag_dir = checkpoint.tag_directory(ckpt_dir)
         verify_tag(tag_dir)  # DeepSpeed's load_checkpoint unpickles with weights_only=False
-        changes = check(tag_dir, checkpoint.peek_run_state(tag_dir), fingerprint, current, allow_change)
+        run_state = checkpoint.peek_run_state(tag_dir)
+        changes = check(tag_dir, run_state, fingerprint, current, allow_change)
+        saved = tuple(run_state["fingerprint"][k] for k in LAYOUT)
+        admitted = Admitted(tag_dir.name, as_records(changes))
+        if saved != tuple(fingerprint[k] for k in LAYOUT):
+            admitted.saved_layout = saved
+            admitted.universal = saved[0] != fingerprint["world_size"] and universal.needs_universal(tag_dir)
+            print(f"gapt-ds: resuming {tag_dir.name}, written by {saved[0]} rank(s) x micro-batch {saved[1]} x "
+                  f"{saved[2]} accumulation, on {' x '.join(str(fingerprint[k]) for k in LAYOUT)}: the same "
+                  f"{saved[0] * saved[1] * saved[2]} sequences per optimizer step", flush=True)
+        if admitted.universal:
+            universal.convert(tag_dir, say=lambda line: print(f"gapt-ds: {line}", flush=True))
     except ValueError as err:
         raise ValueError(f"--resume: {err}") from None
-    return tag_dir.name, as_records(changes)
+    return admitted

@@ -5,6 +5,7 @@ Used by checkpoints (an exact resume restores every rank's state) and by the ali
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -17,6 +18,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """A deterministic fresh state for ``rank`` at optimizer step ``step`` (a resume on another world size,
+    where the saved per-rank states cannot map onto the new ranks)."""
+    digest = hashlib.sha256(f"gapt-ds:{seed}:{step}:{rank}".encode()).digest()
+    seed_everything(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def rng_state() -> dict:

@@ -7,6 +7,8 @@
     torchrun --nproc_per_node 2 -m gapt_ds.train --deepspeed_config ... ;   gapt-ds train --deepspeed_config ...
     # resume the run in --run-dir from its latest checkpoint (exact: same losses as without the stop):
     ... --resume
+    # ... also on another number of ranks, with the same global batch (micro-batch x accumulation x ranks):
+    torchrun --nproc_per_node 1 -m gapt_ds.train ... --resume   # + a config with twice the micro-batch
 
 Run directory: ``ds_config.json`` (the resolved config), ``args.json``, ``metrics.jsonl`` (one JSON line per
 optimizer step and per evaluation, rank 0), ``tensorboard/`` (DeepSpeed monitor events), ``checkpoints/``.
@@ -151,6 +153,9 @@ def resolve_ds_config(args: argparse.Namespace) -> tuple[dict, GaptConfig]:
         resolve_optimizer(str(cfg["optimizer"].get("type", "")))  # an unknown name fails before any work
     if "train_micro_batch_size_per_gpu" not in cfg:
         raise ValueError(f"{args.deepspeed_config}: set train_micro_batch_size_per_gpu (the per-rank micro-batch)")
+    if isinstance(cfg.get("checkpoint"), dict) and "load_universal" in cfg["checkpoint"]:
+        raise ValueError(f"{args.deepspeed_config}: remove checkpoint.load_universal: gapt-ds sets it itself when "
+                         "--resume continues on another world size")
     if gapt.patch_size > args.seq_len or (args.seq_len % gapt.patch_size and gapt.patch_tail == "error"):
         raise ValueError(f"--seq-len {args.seq_len} does not split into MBE windows of gapt.patch_size="
                          f"{gapt.patch_size}; use a multiple of it (or \"patch_tail\": \"drop\")")
@@ -189,8 +194,9 @@ class Trainer:
     settings: dict
     rank: int
     world: int
+    layout: tuple[int, int]  # (world size, micro-batch) the data order is laid out with (batches.py)
     step: int = 0
-    micro_batches: int = 0
+    sequences: int = 0  # consumed by all ranks together: the data position
     progress: Any = None  # rank 0's Progress
 
     @property
@@ -218,7 +224,7 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
         resumed = distributed.rank0_decides(lambda: resume.admit(
             Path(args.run_dir) / "checkpoints", fingerprint, settings, args.allow_config_change), share=True)
     runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
-    engine = _build_engine(args, ds_cfg, model_cfg, tokenizer.vocab_size)
+    engine = _build_engine(args, ds_cfg, model_cfg, tokenizer.vocab_size, universal=bool(resumed and resumed.universal))
     try:
         with runtime.same_on_every_rank():
             cache.check_vocab(engine.module.config.vocab_size)
@@ -267,8 +273,9 @@ def run_fingerprint(args: argparse.Namespace, cache_meta: dict, model_cfg, world
             "model": model_cfg.to_json_string(use_diff=True) if args.init_from is None else args.init_from}
 
 
-def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size: int):
-    """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine."""
+def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size: int, universal: bool = False):
+    """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine; ``universal``:
+    one that loads DeepSpeed's universal checkpoint form (a resume on another world size)."""
     import gapt_ds
     from gapt_ds.models import build_gpt2
     from gapt_ds.optim import build_optimizer, muon_grouping
@@ -280,6 +287,8 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
     if model.config.n_positions < args.seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context n_positions={model.config.n_positions}")
     optimizer, params, engine_cfg = build_optimizer(model, ds_cfg)  # DeepSpeed's names, torch.optim, plugins
+    if universal:
+        engine_cfg = {**engine_cfg, "checkpoint": {**engine_cfg.get("checkpoint", {}), "load_universal": True}}
     with muon_grouping(model, engine_cfg):
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
@@ -287,11 +296,10 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
 
 
 def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict, settings: dict,
-           resumed: Optional[tuple[str, list]]) -> Trainer:
-    """Batches, RNG, evaluator and metrics around the engine, then the resume: ``resumed`` is the tag and the
-    config changes that ``resume.admit`` accepted."""
+           resumed: Optional[resume.Admitted]) -> Trainer:
+    """RNG, the resume (``resumed``: what ``resume.admit`` accepted), batches, evaluator and metrics around
+    the engine."""
     from gapt_ds import checkpoint, distributed
-    from gapt_ds.data.batches import PackedBatches
     from gapt_ds.evaluate import Evaluator
     from gapt_ds.rng import seed_everything
 
@@ -299,33 +307,46 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
     run_dir = Path(args.run_dir)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     assert (micro, gas) == (fingerprint["micro_batch"], fingerprint["grad_accum"])  # batch_shape is DeepSpeed's rule
+    seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
+    step, sequences, layout = 0, 0, (world, micro)
+    if resumed is not None:
+        state = checkpoint.load(engine, run_dir / "checkpoints" / resumed.tag, universal=resumed.universal)
+        step, (sequences, layout) = state["step"], checkpoint.data_position(state)
     task = arithmetic.task_from_args(args)
-    if task and task.per_problem:
-        batches = arithmetic.ProblemBatches(task, tokenizer, args.seq_len, micro, rank, world, seed=args.seed)
-    else:
-        batches = PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, seed=args.seed)
     val_needed = micro * world * args.seq_len
     if rank == 0 and len(cache.split("val")) < val_needed:
         warnings.warn(f"the validation split has {len(cache.split('val'))} tokens, fewer than one micro-batch on every "
                       f"rank ({val_needed}): no validation CE will be logged; lower --val-every for more")
-    seed_everything(args.seed * 1000 + rank)  # dropout etc.: distinct per rank, reproducible
     arith = args.arith_eval if task else 0
     evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
                           rank, world, task=task)
     log = MetricsWriter(engine.monitor, rank, jsonl=run_dir / "metrics.jsonl")
-    trainer = Trainer(args, engine, batches, evaluator, log, fingerprint, settings, rank, world)
+    trainer = Trainer(args, engine, _batches(args, cache, tokenizer, micro, layout), evaluator, log, fingerprint,
+                      settings, rank, world, layout, step, sequences)
     if resumed is not None:
-        tag, changes = resumed
-        state = checkpoint.load(engine, run_dir / "checkpoints" / tag)
-        trainer.step, trainer.micro_batches = state["step"], state["micro_batches"]
-        trainer.log.record(event="resume", step=trainer.step, tag=tag)
-        if changes:
-            trainer.log.record(event="config_change", step=trainer.step, changes=changes)
+        moved = {"from_layout": list(resumed.saved_layout), "universal": resumed.universal} \
+            if resumed.saved_layout else {}
+        trainer.log.record(event="resume", step=step, tag=resumed.tag, sequences=sequences, **moved)
+        if resumed.changes:
+            trainer.log.record(event="config_change", step=step, changes=resumed.changes)
     if rank == 0:
         from gapt_ds.progress import Progress
 
         trainer.progress = Progress(args.steps, trainer.step, steps=not args.no_progress)
     return trainer
+
+
+def _batches(args: argparse.Namespace, cache, tokenizer, micro: int, layout: tuple[int, int]):
+    """The training data: position = sequences consumed, laid out by ``layout`` (the run's first world size
+    and micro-batch), so that any split of the same global batch reads the same sequences per step."""
+    from gapt_ds import distributed
+    from gapt_ds.data.batches import PackedBatches
+
+    rank, world = distributed.rank(), distributed.world_size()
+    task = arithmetic.task_from_args(args)
+    if task and task.per_problem:
+        return arithmetic.ProblemBatches(task, tokenizer, args.seq_len, micro, rank, world, args.seed, layout)
+    return PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, args.seed, layout)
 
 
 def _train(t: Trainer) -> dict:
@@ -346,7 +367,8 @@ def _train(t: Trainer) -> dict:
                     summary = _evaluate(t)
             if last or stopping or (args.save_every and t.step % args.save_every == 0):
                 with collective_context("checkpoint save", t.step):
-                    checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step, t.micro_batches, t.fingerprint,
+                    checkpoint.save(t.engine, t.run_dir / "checkpoints", t.step,
+                                    {"sequences": t.sequences, "data_layout": list(t.layout)}, t.fingerprint,
                                     t.settings, args.keep_last)
             if stopping:
                 raise stop.stopped(t.step, t.run_dir / "checkpoints")
@@ -358,16 +380,17 @@ def _optimizer_step(t: Trainer) -> None:
     engine = t.engine
     t0 = time.perf_counter()
     for _ in range(engine.gradient_accumulation_steps()):
-        x = t.batches.micro_batch_at(t.micro_batches)
+        x = t.batches.batch_at(t.sequences)
         x, labels = x if isinstance(x, tuple) else (x, x)  # per-problem arithmetic masks the labels
         _micro_step(engine, x.to(engine.device), labels.to(engine.device), t.step + 1)
-        t.micro_batches += 1
+        t.sequences += t.world * engine.train_micro_batch_size_per_gpu()
     t.step += 1
     s = engine.last_step
     tokens = engine.gradient_accumulation_steps() * t.world * engine.train_micro_batch_size_per_gpu() * t.args.seq_len
     tok_s = tokens / (time.perf_counter() - t0)
     t.log.record(step=t.step, ce=s.ce, mbe=s.mbe, mbe_mean=s.mbe_mean, phase=s.phase, next_phase=s.next_phase,
-                 mbe_weights=s.mbe_weights, lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s)
+                 mbe_weights=s.mbe_weights, lr=engine.get_lr()[0], skipped=s.skipped, tokens_per_s=tok_s,
+                 sequences=t.sequences)
     if t.progress is not None:
         t.progress.step(t.step, ce=f"{s.ce:.3f}", mbe=f"{s.mbe_mean:.3f}", phase="MC"[s.phase - 1],
                         tok_s=f"{tok_s:,.0f}")

@@ -50,11 +50,11 @@ def test_problem_batches_pad_mask_and_are_a_function_of_the_index():
     tok = CharTokenizer()
     task = Task((1, 2), (3, 4), reverse=True, per_problem=True, answer_loss=True)
     batches = ProblemBatches(task, tok, seq_len=16, micro_batch=8, rank=1, world=2, seed=5)
-    x, y = batches.micro_batch_at(3)
+    x, y = batches.batch_at(3 * 16)
     assert x.shape == y.shape == (8, 16)
-    assert torch.equal(x, ProblemBatches(task, tok, 16, 8, 1, 2, seed=5).micro_batch_at(3)[0])
-    assert not torch.equal(x, batches.micro_batch_at(4)[0])
-    assert not torch.equal(x, ProblemBatches(task, tok, 16, 8, 0, 2, seed=5).micro_batch_at(3)[0])
+    assert torch.equal(x, ProblemBatches(task, tok, 16, 8, 1, 2, seed=5).batch_at(3 * 16)[0])
+    assert not torch.equal(x, batches.batch_at(4 * 16)[0])
+    assert not torch.equal(x, ProblemBatches(task, tok, 16, 8, 0, 2, seed=5).batch_at(3 * 16)[0])
     for row in range(8):
         decoded = tok.decode(x[row].tolist())  # padding is the end-of-text token (the char tokenizer's \n)
         text = decoded[: decoded.index("\n") + 1]
@@ -62,16 +62,30 @@ def test_problem_batches_pad_mask_and_are_a_function_of_the_index():
         scored = tok.decode([t for t in y[row].tolist() if t != IGNORE])
         assert scored == answer and answer.endswith("\n")  # only the answer (and its \n) is scored
         assert (y[row, len(text):] == IGNORE).all() and (x[row, len(text):] == tok.eos_id).all()
-    full = ProblemBatches(Task((1, 2), (3, 4), per_problem=True), tok, 16, 8, 0, 1).micro_batch_at(0)
+    full = ProblemBatches(Task((1, 2), (3, 4), per_problem=True), tok, 16, 8, 0, 1).batch_at(0)
     scored, decoded = tok.decode([t for t in full[1][0].tolist() if t != IGNORE]), tok.decode(full[0][0].tolist())
     assert scored == decoded[: decoded.index("\n") + 1]  # the whole problem, none of the padding
     with pytest.raises(ValueError, match="shorter than the longest training problem"):
         ProblemBatches(Task((1, 3)), tok, 8, 2, 0, 1)
 
 
+def test_problem_batches_continue_the_same_stream_on_another_world_size():
+    tok, task = CharTokenizer(), Task((1, 2), (3, 4), per_problem=True)
+
+    def rows(world, micro, start, count):  # the global stream's rows [start, start + count), split into ranks
+        ranks = [ProblemBatches(task, tok, 16, micro, r, world, seed=5, layout=(2, 4)) for r in range(world)]
+        positions = range(start, start + count, world * micro)
+        return torch.cat([torch.cat([b.batch_at(p)[0] for b in ranks]) for p in positions])
+
+    reference = rows(2, 4, 0, 32)
+    assert len({tuple(r) for r in reference.tolist()}) > 24  # fresh problems, not one repeated
+    for world, micro in [(1, 8), (1, 4), (4, 2), (4, 1)]:
+        assert torch.equal(torch.cat([rows(2, 4, 0, 8), rows(world, micro, 8, 24)]), reference), (world, micro)
+
+
 def test_gpt2_loss_ignores_masked_labels_like_a_hand_computed_answer_ce():
     tok = CharTokenizer()
-    x, y = ProblemBatches(Task((1, 2), (3, 4), per_problem=True, answer_loss=True), tok, 16, 4, 0, 1).micro_batch_at(0)
+    x, y = ProblemBatches(Task((1, 2), (3, 4), per_problem=True, answer_loss=True), tok, 16, 4, 0, 1).batch_at(0)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=tok.vocab_size, n_positions=16))
     out = model(input_ids=x, labels=y)

@@ -111,7 +111,7 @@ def test_cache_of_more_than_2_pow_32_tokens_is_addressed_exactly(tmp_path):
     assert batches[0].num_sequences == n_tokens // seq
     k = int((batches[0]._permutation(0) == marker_seq).nonzero())  # where the epoch visits the last sequence
     j, rank, row = k // (micro * world), (k % (micro * world)) // micro, k % micro
-    got = batches[rank].micro_batch_at(j)[row]
+    got = batches[rank].batch_at(j * world * micro)[row]
     assert torch.equal(got, torch.arange(seq, dtype=torch.int64))
     with open(root / "train.bin", "r+b") as f:
         f.truncate(n_tokens * 2 - 2)

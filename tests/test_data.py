@@ -126,16 +126,57 @@ def test_tokenizer_vocab_mismatch_is_reported(tmp_path):
 def test_packed_batches_are_deterministic_disjoint_and_cover_an_epoch():
     tokens = np.arange(10 * 8, dtype=np.uint16)  # 10 sequences of 8
     ranks = [PackedBatches(tokens, 8, micro_batch=2, rank=r, world=2, seed=3) for r in range(2)]
-    assert ranks[0].per_epoch == 2
-    seen = [tuple(ranks[r].micro_batch_at(j)[:, 0].tolist()) for j in range(2) for r in range(2)]
+    assert ranks[0].epoch_length == 8
+    seen = [tuple(ranks[r].batch_at(4 * j)[:, 0].tolist()) for j in range(2) for r in range(2)]
     firsts = [s for batch in seen for s in batch]
     assert len(set(firsts)) == 8 and all(f % 8 == 0 for f in firsts)  # 8 distinct whole sequences
     fresh = PackedBatches(tokens, 8, micro_batch=2, rank=1, world=2, seed=3)
-    assert torch.equal(fresh.micro_batch_at(5), ranks[1].micro_batch_at(5))  # a pure function of j
-    assert not torch.equal(ranks[0].micro_batch_at(0), ranks[0].micro_batch_at(2))  # next epoch reshuffles
+    assert torch.equal(fresh.batch_at(20), ranks[1].batch_at(20))  # a pure function of the position
+    assert not torch.equal(ranks[0].batch_at(0), ranks[0].batch_at(8))  # next epoch reshuffles
     with pytest.raises(ValueError, match="fewer than one global micro-batch"):
         PackedBatches(tokens[:20], 8, micro_batch=2, rank=0, world=2)
     assert len(list(eval_batches(tokens, 8, 2, 0, 2, max_batches=10))) == 2
+
+
+def read_steps(batches_per_rank: list, gas: int, first_step: int, steps: int) -> list[list[int]]:
+    """The sequence indices each optimizer step reads (all ranks, all micro-batches), as a training loop
+    that starts at ``first_step`` and advances the position by W·B per micro-batch reads them."""
+    world, micro = len(batches_per_rank), batches_per_rank[0].micro_batch
+    consumed, out = first_step * world * micro * gas, []
+    for _ in range(steps):
+        step = []
+        for _ in range(gas):
+            step += [i for b in batches_per_rank for i in b.indices(consumed)]
+            consumed += world * micro
+        out.append(step)
+    return out
+
+
+def test_a_resume_on_another_world_size_reads_the_same_sequences_per_step():
+    tokens = np.arange(37 * 8, dtype=np.uint16)  # 37 sequences: an epoch of 32 for the 2 x 4 layout
+    layout = (2, 4)
+
+    def split(world, micro, gas, first, steps):
+        ranks = [PackedBatches(tokens, 8, micro, r, world, seed=3, layout=layout) for r in range(world)]
+        return read_steps(ranks, gas, first, steps)
+
+    reference = split(2, 4, 1, 0, 12)  # 12 steps of G = 8: three epochs of 4 steps
+    for epoch in range(3):
+        visited = [i for step in reference[4 * epoch : 4 * epoch + 4] for i in step]
+        assert len(visited) == len(set(visited)) == 32  # no sequence repeated or skipped within the epoch
+    assert reference[0:4] != reference[4:8]  # each epoch reshuffles
+    for world, micro, gas in [(1, 8, 1), (1, 4, 2), (4, 1, 2), (4, 2, 1), (2, 2, 2)]:
+        for resume_at in (0, 3, 5):  # steps 1..resume_at on 2 ranks x 4, the rest on the other split
+            steps = split(2, 4, 1, 0, resume_at) + split(world, micro, gas, resume_at, 12 - resume_at)
+            assert [sorted(s) for s in steps] == [sorted(s) for s in reference], (world, micro, gas, resume_at)
+    # with the layout's own split the order within a step is the same too, and it is the historical one:
+    # global micro-batch j gives rank r the permutation's entries (j·W + r)·B ... (j·W + r + 1)·B - 1
+    assert split(2, 4, 1, 0, 12) == reference
+    perm = PackedBatches(tokens, 8, 4, 0, 2, seed=3)._permutation(0).tolist()
+    assert reference[1] == perm[8:16]
+    odd = [PackedBatches(tokens, 8, 3, r, 1, seed=3, layout=layout) for r in range(1)]
+    straddle = read_steps(odd, 1, 10, 2)  # positions 30-35: the epoch boundary (32) inside a micro-batch
+    assert straddle[0][:2] == perm[30:32] and straddle[0][2:] == [odd[0].sequence_at(32)]
 
 
 def test_arithmetic_answer_only_targets_and_metrics():

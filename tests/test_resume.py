@@ -2,6 +2,7 @@
 directory touched; `--allow-config-change` accepts them and logs them."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,12 +43,42 @@ def test_fixed_settings_cannot_be_accepted_and_the_message_is_short(tmp_path):
     with pytest.raises(ValueError) as err:
         resume.check(tmp_path, run_state, current, now, allow_change=True)
     lines = str(err.value).splitlines()
-    assert lines[1:] == ["  model.n_layer: 4 -> 6  (fixed)", "  world_size: 2 -> 1  (fixed)",
-                         "  model.resid_pdrop: 0.0 -> 0.1", "  ds_config.optimizer.params.lr: 0.001 -> 0.01",
+    assert lines[1:] == ["  model.n_layer: 4 -> 6  (fixed)", "  model.resid_pdrop: 0.0 -> 0.1",
+                         "  ds_config.optimizer.params.lr: 0.001 -> 0.01", f"  {GLOBAL_BATCH_8_TO_4}",
                          "Settings marked (fixed) can never change on resume: use a new --run-dir."]
     with pytest.warns(UserWarning, match="optimizer.params.lr: 0.001 -> 0.01"):
         accepted = resume.check(tmp_path, run_state, FP, now, allow_change=True)
     assert resume.as_records(accepted) == [{"key": "ds_config.optimizer.params.lr", "old": 1e-3, "new": 1e-2}]
+
+
+GLOBAL_BATCH_8_TO_4 = (
+    "global batch: the checkpoint trained 2 rank(s) x micro-batch 4 x 1 accumulation step(s) = 8 sequences per "
+    "optimizer step; this run has 1 x 4 x 1 = 4. The global batch must stay 8 on resume: set "
+    "gradient_accumulation_steps 2 or train_micro_batch_size_per_gpu 8 (train_batch_size, if set, 8)")
+
+
+def test_world_size_micro_batch_and_accumulation_may_change_together_when_the_global_batch_stays():
+    saved = resume.settings({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1}, {"steps": 8})
+    run_state = {"fingerprint": FP, "settings": saved}
+    for world, micro, gas in [(1, 8, 1), (1, 4, 2), (4, 1, 2), (2, 2, 2), (8, 1, 1)]:
+        now = resume.settings({"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": gas,
+                               "train_batch_size": world * micro * gas}, {"steps": 8})
+        fp = {**FP, "world_size": world, "micro_batch": micro, "grad_accum": gas}
+        assert resume.check(Path("step4"), run_state, fp, now, allow_change=False) == []  # no flag needed
+    stay = "The global batch must stay 8 on resume:"
+    cases = [((3, 4, 1), f"3 x 4 x 1 = 12. {stay} no micro-batch x accumulation split of 8 sequences over 3 ranks "
+                         "exists: use a number of ranks that divides 8"),
+             ((4, 4, 1), f"4 x 4 x 1 = 16. {stay} set train_micro_batch_size_per_gpu 2"),
+             ((1, 3, 1), f"1 x 3 x 1 = 3. {stay} set train_micro_batch_size_per_gpu 8")]
+    for (world, micro, gas), message in cases:
+        fp = {**FP, "world_size": world, "micro_batch": micro, "grad_accum": gas, "seq_len": 16}
+        with pytest.raises(ValueError) as err:
+            resume.check(Path("step4"), run_state, fp, saved, allow_change=True)
+        assert message in str(err.value) and "  seq_len: 32 -> 16  (fixed)" in str(err.value)  # reported together
+    nvme = resume.settings({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme"}}}, {})
+    with pytest.raises(ValueError, match=r"world size 2 -> 1: zero_optimization.offload_optimizer is on NVMe"):
+        resume.check(Path("step4"), {"fingerprint": FP, "settings": nvme}, {**FP, "world_size": 1, "micro_batch": 8},
+                     nvme, allow_change=False)
 
 
 CHANGED = {"mbe_weight": 0.25, "patch_size": 4, "mbe_mode": "global", "gate": {"patience_memorize": 7}}

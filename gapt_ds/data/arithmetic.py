@@ -121,33 +121,49 @@ def eval_examples(digits: tuple[int, int], count: int, seed: int, reverse: bool 
 
 
 class ProblemBatches:
-    """One problem per sequence, padded to ``seq_len``: ``micro_batch_at(j)`` -> (input_ids, labels).
+    """One problem per sequence, padded to ``seq_len``: ``batch_at(consumed)`` -> (input_ids, labels).
 
-    Fresh problems per micro-batch, drawn from an RNG seeded by (seed, j, rank): a pure function of j like
-    ``PackedBatches``, so resuming reads what the uninterrupted run would have read, and every arm with the
-    same seed sees the same problems in the same order.
+    A fresh problem for every position of the global stream (see ``gapt_ds.data.batches``), so resuming
+    reads what the uninterrupted run would have read, also on another world size, and every arm with the
+    same seed sees the same problems in the same order. The stream is cut into chunks of the layout's
+    micro-batch B0 (the run's first world size W0 and micro-batch; kept by every resume): position p is
+    problem p mod B0 of the chunk drawn from an RNG seeded by (seed, p div (W0·B0), (p div B0) mod W0), which
+    is the (global micro-batch, rank) seeding gapt-ds has always used for the layout's own split.
     """
 
-    def __init__(self, task: Task, tokenizer, seq_len: int, micro_batch: int, rank: int, world: int, seed: int = 0):
+    def __init__(self, task: Task, tokenizer, seq_len: int, micro_batch: int, rank: int, world: int, seed: int = 0,
+                 layout: Optional[tuple[int, int]] = None):
         if task.max_len(task.id_digits) > seq_len:
             raise ValueError(f"--seq-len {seq_len} is shorter than the longest training problem "
                              f"({task.max_len(task.id_digits)} tokens)")
         self.task, self.tok, self.seq_len, self.micro_batch = task, tokenizer, seq_len, micro_batch
         self.rank, self.world, self.seed = rank, world, seed
+        self.layout = tuple(layout or (world, micro_batch))
         self.eq = tokenizer.encode("=")[0]
+        self._chunk_key, self._chunk = None, []
 
-    def micro_batch_at(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def problem_at(self, position: int) -> tuple[int, int]:
+        """The operands of the global stream's problem at ``position``."""
+        world0, micro0 = self.layout
+        key = (position // (world0 * micro0), position // micro0 % world0)
+        if key != self._chunk_key:
+            rng = random.Random(f"{self.seed}:{key[0]}:{key[1]}")
+            self._chunk_key, self._chunk = key, [sample_problem(rng, self.task.id_digits) for _ in range(micro0)]
+        return self._chunk[position % micro0]
+
+    def batch_at(self, consumed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (input_ids, labels) at global position ``consumed`` (sequences read so far)."""
         import torch
 
-        rng = random.Random(f"{self.seed}:{j}:{self.rank}")
         inputs = torch.full((self.micro_batch, self.seq_len), self.tok.eos_id, dtype=torch.long)
         labels = torch.full((self.micro_batch, self.seq_len), IGNORE, dtype=torch.long)
+        start = consumed + self.rank * self.micro_batch
         for row in range(self.micro_batch):
-            problem = sample_problem(rng, self.task.id_digits)
-            seq = self.tok.encode(format_example(*problem, self.task.reverse, self.task.width(self.task.id_digits)))
+            seq = self.tok.encode(format_example(*self.problem_at(start + row), self.task.reverse,
+                                                 self.task.width(self.task.id_digits)))
             inputs[row, : len(seq)] = torch.tensor(seq)
-            start = seq.index(self.eq) + 1 if self.task.answer_loss else 0
-            labels[row, start : len(seq)] = inputs[row, start : len(seq)]
+            first = seq.index(self.eq) + 1 if self.task.answer_loss else 0
+            labels[row, first : len(seq)] = inputs[row, first : len(seq)]
         return inputs, labels
 
 
