@@ -23,9 +23,9 @@ def train_cmd(run_dir: Path, config: Path, cache: Path, *extra: str) -> list[str
             "--no-progress", *extra]
 
 
-def torchrun(args: list[str], timeout: int = 300, **env_extra) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "gapt_ds.train",
-           *args]
+def torchrun(args: list[str], timeout: int = 300, nproc: int = 2, **env_extra) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(free_port()), "-m",
+           "gapt_ds.train", *args]
     return subprocess.run(cmd, env=env(**env_extra), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
