@@ -174,17 +174,26 @@ def admit(ckpt_dir: Path, fingerprint: dict, current: dict, allow_change: bool) 
         tag_dir = checkpoint.tag_directory(ckpt_dir)
         verify_tag(tag_dir)  # DeepSpeed's load_checkpoint unpickles with weights_only=False
         run_state = checkpoint.peek_run_state(tag_dir)
-        changes = check(tag_dir, run_state, fingerprint, current, allow_change)
+        admitted = Admitted(tag_dir.name, as_records(check(tag_dir, run_state, fingerprint, current, allow_change)))
         saved = tuple(run_state["fingerprint"][k] for k in LAYOUT)
-        admitted = Admitted(tag_dir.name, as_records(changes))
         if saved != tuple(fingerprint[k] for k in LAYOUT):
+            _announce_layout(tag_dir, saved, fingerprint, current["ds_config"])
             admitted.saved_layout = saved
             admitted.universal = saved[0] != fingerprint["world_size"] and universal.needs_universal(tag_dir)
-            print(f"gapt-ds: resuming {tag_dir.name}, written by {saved[0]} rank(s) x micro-batch {saved[1]} x "
-                  f"{saved[2]} accumulation, on {' x '.join(str(fingerprint[k]) for k in LAYOUT)}: the same "
-                  f"{saved[0] * saved[1] * saved[2]} sequences per optimizer step", flush=True)
         if admitted.universal:
             universal.convert(tag_dir, say=lambda line: print(f"gapt-ds: {line}", flush=True))
     except ValueError as err:
         raise ValueError(f"--resume: {err}") from None
     return admitted
+
+
+def _announce_layout(tag_dir: Path, saved: tuple, fingerprint: dict, ds_config: dict) -> None:
+    """One line for an accepted new batch layout; a warning when it changes global MBE's micro-batch."""
+    now = tuple(fingerprint[k] for k in LAYOUT)
+    print(f"gapt-ds: resuming {tag_dir.name}, written by {saved[0]} rank(s) x micro-batch {saved[1]} x {saved[2]} "
+          f"accumulation, on {' x '.join(map(str, now))}: the same {saved[0] * saved[1] * saved[2]} sequences per "
+          "optimizer step", flush=True)
+    if (ds_config.get("gapt") or {}).get("mbe_mode") == "global" and saved[0] * saved[1] != now[0] * now[1]:
+        warnings.warn(f"mbe_mode \"global\" measures MBE over the global micro-batch (ranks x micro-batch): "
+                      f"{saved[0] * saved[1]} sequences before, {now[0] * now[1]} now, so the MBE term changes; "
+                      "keep ranks x micro-batch the same to keep it")

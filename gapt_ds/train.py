@@ -221,8 +221,9 @@ def _run(args: argparse.Namespace, ds_cfg: dict) -> dict:
     settings = resume.settings(ds_cfg, vars(args))
     resumed = None
     if args.resume:  # nothing in the run directory changes before this check passes
-        resumed = distributed.rank0_decides(lambda: resume.admit(
-            Path(args.run_dir) / "checkpoints", fingerprint, settings, args.allow_config_change), share=True)
+        with collective_context("resume admission (rank 0 checks the checkpoint, converts it for a new world size)"):
+            resumed = distributed.rank0_decides(lambda: resume.admit(
+                Path(args.run_dir) / "checkpoints", fingerprint, settings, args.allow_config_change), share=True)
     runtime.write_run_meta(Path(args.run_dir), ds_cfg, vars(args))
     engine = _build_engine(args, ds_cfg, model_cfg, tokenizer.vocab_size, universal=bool(resumed and resumed.universal))
     try:

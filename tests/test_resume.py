@@ -2,6 +2,7 @@
 directory touched; `--allow-config-change` accepts them and logs them."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,19 @@ def test_world_size_micro_batch_and_accumulation_may_change_together_when_the_gl
     with pytest.raises(ValueError, match=r"world size 2 -> 1: zero_optimization.offload_optimizer is on NVMe"):
         resume.check(Path("step4"), {"fingerprint": FP, "settings": nvme}, {**FP, "world_size": 1, "micro_batch": 8},
                      nvme, allow_change=False)
+
+
+def test_a_new_split_is_announced_and_a_changed_global_mbe_micro_batch_is_warned(capsys):
+    fp = {**FP, "world_size": 1, "micro_batch": 4, "grad_accum": 2}
+    with pytest.warns(UserWarning, match=r'mbe_mode "global" .*: 8 sequences before, 4 now, so the MBE term changes'):
+        resume._announce_layout(Path("step4"), (2, 4, 1), fp, {"gapt": {"mbe_mode": "global"}})
+    assert ("resuming step4, written by 2 rank(s) x micro-batch 4 x 1 accumulation, on 1 x 4 x 2: the same 8 "
+            "sequences per optimizer step") in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resume._announce_layout(Path("step4"), (2, 4, 1), fp, {"gapt": {"mbe_mode": "patch"}})
+        resume._announce_layout(Path("step4"), (2, 4, 1), {**fp, "micro_batch": 8, "grad_accum": 1},
+                                {"gapt": {"mbe_mode": "global"}})
 
 
 CHANGED = {"mbe_weight": 0.25, "patch_size": 4, "mbe_mode": "global", "gate": {"patience_memorize": 7}}

@@ -159,3 +159,16 @@ def test_another_global_batch_is_refused_with_the_other_differences_and_changes_
             "per optimizer step; this run has 1 x 4 x 1 = 4. The global batch must stay 8 on resume: set "
             "gradient_accumulation_steps 2 or train_micro_batch_size_per_gpu 8") in msg
     assert snapshot(run) == before  # no universal form, no args.json, nothing
+
+
+def test_gapt_ds_universal_names_what_it_cannot_convert(tmp_path):
+    from gapt_ds import universal
+
+    tag = tmp_path / "step2"
+    tag.mkdir()
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"")  # a ZeRO-0 tag: no optimizer partitions
+    (tag / checkpoint.COMPLETE).write_text(json.dumps({"step": 2}))
+    with pytest.raises(ValueError, match="step2 has no ZeRO optimizer partitions .*: any number of ranks loads it"):
+        universal.main([str(tmp_path), "--tag", "step2"])
+    with pytest.raises(ValueError, match="checkpoint 'step9' does not exist"):
+        universal.main([str(tmp_path), "--tag", "step9"])
