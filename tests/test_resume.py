@@ -95,6 +95,19 @@ def test_a_new_split_is_announced_and_a_changed_global_mbe_micro_batch_is_warned
                                 {"gapt": {"mbe_mode": "global"}})
 
 
+def test_reseed_is_deterministic_per_seed_step_and_rank():
+    import torch
+
+    from gapt_ds.rng import reseed
+
+    def draw(*key):
+        reseed(*key)
+        return torch.rand(3).tolist()
+
+    assert draw(0, 3, 1) == draw(0, 3, 1)
+    assert len({tuple(draw(*k)) for k in [(0, 3, 1), (0, 3, 0), (0, 4, 1), (1, 3, 1)]}) == 4
+
+
 CHANGED = {"mbe_weight": 0.25, "patch_size": 4, "mbe_mode": "global", "gate": {"patience_memorize": 7}}
 
 
