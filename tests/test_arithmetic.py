@@ -42,7 +42,7 @@ def test_padded_examples_have_fixed_width_and_round_trip():
     assert {len(e) for e in eval_examples((3, 4), 20, seed=0, reverse=True, pad=True)} == {task.max_len((3, 4))}
     assert Task.from_spec(task.data_spec()) == Task((1, 2), (4, 6), reverse=True, pad=True)
     tok = CharTokenizer()
-    x, _ = ProblemBatches(Task((1, 2), (3, 4), per_problem=True, pad=True), tok, 12, 4, 0, 1).micro_batch_at(0)
+    x, _ = ProblemBatches(Task((1, 2), (3, 4), per_problem=True, pad=True), tok, 12, 4, 0, 1).batch_at(0)
     assert (x[:, 11] == tok.eos_id).all() and (x[:, 2] == tok.encode("x")[0]).all()
 
 
