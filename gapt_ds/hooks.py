@@ -1,9 +1,11 @@
 """Find a model's transformer blocks and measure MBE of their outputs with forward hooks.
 
-The model is never edited: ``MBECapture`` registers a forward hook per selected block that turns the
-block's output (B, S, D) into that layer's MBE right away, so no hidden state is kept beyond what
-autograd already holds. Hooks are active only inside ``capture()``, so activation-checkpointing
-recomputation in backward does not measure twice.
+The model is never edited: ``MBECapture`` registers a forward hook per selected block that keeps a
+reference to the block's output (B, S, D) (autograd holds it anyway, as the next block's input), and
+turns each into that layer's MBE when the model's forward returns. Measuring after the forward, not in
+the hook, keeps the MBE graph out of any activation checkpoint that wraps the block together with its
+hooks, and out of a compiled region. Hooks are active only inside ``capture()``, so a block recomputed
+in backward (activation checkpointing) is not measured twice.
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ class MBECapture:
     mode: str = "patch"
     group: Optional[object] = None
     _weights: list[float] = field(default_factory=list)
-    _results: list[Optional[LayerMBE]] = field(default_factory=list)
+    _outputs: list[Optional[torch.Tensor]] = field(default_factory=list)
     _active: bool = False
-    _strict: bool = True
+    _grad: bool = False  # autograd was on when capture() began
 
     def __post_init__(self) -> None:
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
@@ -85,34 +87,49 @@ class MBECapture:
 
     @contextlib.contextmanager
     def capture(self, weights: Sequence[float], strict: bool = True) -> Iterator[list[Optional[LayerMBE]]]:
-        """Measure every selected layer during one forward; layers with weight 0 get no graph.
+        """Measure every selected layer of the forward run inside the block; layers with weight 0 get no graph.
+        The yielded list is filled when the block ends.
 
         ``strict=False`` (evaluation) drops a sequence tail that does not fill a window and leaves a
         layer's result ``None`` where no window fits, instead of raising.
         """
         assert len(weights) == len(self.modules), (len(weights), len(self.modules))
         self._weights = list(weights)
-        self._results = [None] * len(self.modules)
-        self._active, self._strict = True, strict
+        self._outputs = [None] * len(self.modules)
+        results: list[Optional[LayerMBE]] = [None] * len(self.modules)
+        self._active, self._grad = True, torch.is_grad_enabled()
         try:
-            yield self._results
+            yield results
+            self._active = False
+            for i, hidden in enumerate(self._outputs):
+                if hidden is not None:
+                    results[i] = self._layer(hidden, self._weights[i], strict)
         finally:
-            # The results carry the forward's autograd graph, whose C++ nodes (e.g. ZeRO-3's module
+            # The outputs carry the forward's autograd graph, whose C++ nodes (e.g. ZeRO-3's module
             # hooks) reference the model: kept here, they would pin model and engine beyond their use.
-            self._active, self._results = False, []
+            self._active, self._outputs = False, []
 
     def _hook(self, index: int):
         def hook(module: nn.Module, args, output) -> None:
             if not self._active:
                 return
             hidden = output[0] if isinstance(output, (tuple, list)) else output
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self._weights[index] != 0):
-                if self._strict:
-                    self._results[index] = self._measure(hidden, self.tail)
-                elif hidden.shape[-2] >= self.patch_size or self.mode == "global":
-                    self._results[index] = self._measure(hidden, "drop")
+            if self._grad and not torch.is_grad_enabled() and self._weights[index] != 0:
+                raise ValueError(
+                    "a measured block ran without autograd inside a training forward, so its MBE term would not "
+                    "train: reentrant activation checkpointing does that; use use_reentrant=False "
+                    "(gapt_ds.models.enable_activation_checkpointing)")
+            self._outputs[index] = hidden
 
         return hook
+
+    def _layer(self, hidden: torch.Tensor, weight: float, strict: bool) -> Optional[LayerMBE]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+            if strict:
+                return self._measure(hidden, self.tail)
+            if hidden.shape[-2] >= self.patch_size or self.mode == "global":
+                return self._measure(hidden, "drop")
+        return None
 
     def _measure(self, hidden: torch.Tensor, tail: str) -> LayerMBE:
         if hidden.dim() == 2:  # (B, D) features, e.g. an MLP's hidden layer: one "sequence" per batch

@@ -60,3 +60,16 @@ def build_gpt2(cfg: GPT2Config, seed: int = 0, init_from: Optional[str] = None) 
     # GPT-2's class name names no loss, so transformers warned on every run that it fell back to this one
     model.loss_type = "ForCausalLM"
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Hugging Face activation checkpointing of every transformer block, non-reentrant: each block's
+    activations are recomputed in backward instead of kept. The reentrant kind runs blocks without autograd,
+    which would cut the MBE term's gradient (gapt-ds refuses it in training)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support Hugging Face activation checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers: there the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-config", default=None, help="a GPT2Config JSON file instead of a preset")
     m.add_argument("--init-from", default=None, help="start from a local Hugging Face GPT-2 directory (no hub access)")
     m.add_argument("--dropout", type=float, default=0.0, help="dropout of embeddings, attention and residuals")
+    m.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in backward instead of keeping them "
+                        "(Hugging Face, non-reentrant): less memory, about one more forward of compute per step; "
+                        "losses and gradients unchanged")
+    m.add_argument("--compile", action="store_true",
+                   help="`torch.compile` the model (DeepSpeed's `engine.compile()`, inductor backend); the first "
+                        "steps and the first evaluation wait for compilation. See \"Memory and compile\"")
     t = p.add_argument_group("run")
     t.add_argument("--run-dir", default="runs/default", help="where everything of the run goes")
     t.add_argument("--steps", type=int, default=300, help="optimizer steps in total")
@@ -278,7 +285,7 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
     """The GPT-2 (checked against the tokenizer and context) inside a GAPT DeepSpeed engine; ``universal``:
     one that loads DeepSpeed's universal checkpoint form (a resume on another world size)."""
     import gapt_ds
-    from gapt_ds.models import build_gpt2
+    from gapt_ds.models import build_gpt2, enable_activation_checkpointing
     from gapt_ds.optim import build_optimizer, muon_grouping
 
     model = build_gpt2(model_cfg, seed=args.seed, init_from=args.init_from)
@@ -290,10 +297,30 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
     optimizer, params, engine_cfg = build_optimizer(model, ds_cfg)  # DeepSpeed's names, torch.optim, plugins
     if universal:
         engine_cfg = {**engine_cfg, "checkpoint": {**engine_cfg.get("checkpoint", {}), "load_universal": True}}
+    if args.activation_checkpointing:
+        enable_activation_checkpointing(model)
     with muon_grouping(model, engine_cfg):
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
+    if args.compile:
+        compile_engine(engine)
     return engine
+
+
+def compile_engine(engine) -> None:
+    """DeepSpeed's ``engine.compile()`` (inductor), after checking that inductor can build CPU kernels."""
+    if engine.device.type == "cpu" and cpu_compiler() is None:
+        raise ValueError("--compile on CPU: torch.compile's inductor backend builds C++ kernels, and no C++ compiler "
+                         "was found (set CXX, or install g++); run without --compile")
+    engine.compile()
+
+
+def cpu_compiler() -> Optional[str]:
+    """The C++ compiler inductor would use for CPU kernels (``$CXX``, else g++/c++/clang++), or None."""
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
 
 
 def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict, settings: dict,

@@ -311,3 +311,31 @@ def grad_skip_worker(rank: int, cases: list[tuple[int, str]], bad_step: int) -> 
         record["finite_after"] = all(torch.isfinite(p).all().item() for p in full_params(engine).values())
         results.append(record)
     return results
+
+
+def checkpointing_worker(rank: int, stages: list[int], steps: int) -> dict:
+    """The same GAPT run (fast gate, alignment monitor every step) without and with activation checkpointing,
+    per ZeRO stage: per step the loss, CE, MBE, phases, cosines and every full gradient before the update."""
+    from gapt_ds.models import enable_activation_checkpointing
+
+    out = {}
+    for stage in stages:
+        for checkpointing in (False, True):
+            model = tiny_model()
+            if checkpointing:
+                enable_activation_checkpointing(model)
+            gapt = {"gate": FAST_GATE, "mbe_weight": 2.0, "alignment_every": 1}
+            engine = make_engine(ds_config(stage, gapt=gapt), model=model)
+            record = []
+            for step in range(steps):
+                x = tokens(1000 * step + rank)
+                loss = engine(input_ids=x, labels=x).loss
+                engine.backward(loss)
+                grads = full_grads(engine)
+                engine.step()
+                s = engine.last_step
+                record.append({"loss": loss.item(), "ce": s.ce, "mbe": s.mbe, "phase": s.phase,
+                               "next_phase": s.next_phase, "alignment": s.alignment, "grads": grads})
+            engine.destroy()
+            out[(stage, checkpointing)] = record
+    return out
