@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-# training arguments free to change on resume: budget, evaluation, saving, logging, paths, launcher plumbing
+# training arguments free to change on resume: budget, evaluation, saving, logging, paths, launcher plumbing,
+# memory and speed (activation checkpointing and compile leave losses and gradients unchanged)
 MAY_CHANGE_ARGS = frozenset({
+    "activation_checkpointing", "compile",
     "steps", "eval_every", "eval_batches", "arith_eval", "save_every", "keep_last", "no_progress", "run_dir",
     "cache_dir", "deepspeed_config", "local_rank", "deepspeed", "resume", "overwrite", "allow_config_change",
     "max_skipped_steps", "dist_timeout", "recipe"})

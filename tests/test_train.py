@@ -14,7 +14,7 @@ import pytest
 from tbparse import SummaryReader
 
 from dist import free_port
-from gapt_ds.train import parse_args
+from gapt_ds.train import cpu_compiler, parse_args
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +164,27 @@ def test_single_process_run_and_clear_errors_for_bad_inputs(tmp_path):
     model_states = tag_dir / "mp_rank_00_model_states.pt"
     model_states.write_bytes(model_states.read_bytes()[:100])
     assert "truncated or corrupt" in fails("--steps", "6", "--resume")  # found before anything is loaded
+
+
+@pytest.mark.skipif(cpu_compiler() is None, reason="no C++ compiler: torch.compile's inductor cannot build CPU kernels")
+def test_compile_and_activation_checkpointing_train_as_eager(tmp_path):
+    """One process, ZeRO-1: `--compile --activation-checkpointing` gives eager's CE, MBE and phases through
+    memorization and compression steps and the same evaluation (float32 tolerance: inductor fuses ops)."""
+    config = write_ds_config(tmp_path / "ds.json", gate={"patience_memorize": 2, "patience_compress": 2})
+    py = [sys.executable, "-m", "gapt_ds.cli", "train"]
+    common = ("--steps", "6", "--eval-every", "0", "--save-every", "0")
+    eager = run([*py, *train_args(tmp_path, "eager", *common, config=config)])
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    fast = run([*py, *train_args(tmp_path, "fast", *common, "--compile", "--activation-checkpointing", config=config)])
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    a, b = metrics(tmp_path / "eager"), metrics(tmp_path / "fast")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert [a[s]["phase"] for s in a] == [b[s]["phase"] for s in b] and 2 in [a[s]["phase"] for s in a]
+    for s in a:
+        assert b[s]["ce"] == pytest.approx(a[s]["ce"], rel=1e-5), s
+        assert b[s]["mbe"] == pytest.approx(a[s]["mbe"], rel=1e-5), s
+    evals = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()][-1]
+             for r in ("eager", "fast")]
+    assert evals[0]["event"] == evals[1]["event"] == "eval"
+    assert evals[1]["val_ce"] == pytest.approx(evals[0]["val_ce"], rel=1e-5)
+    assert evals[1]["val_mbe"] == pytest.approx(evals[0]["val_mbe"], rel=1e-5)
