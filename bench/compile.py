@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import free_port, resolve_device  # noqa: E402  (bench/ is not a package)
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # bench/ is not a package; gapt_ds without installing
+from memory import free_port, resolve_device  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

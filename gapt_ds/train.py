@@ -64,19 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokenize-workers", type=int, default=None,
                    help="processes that tokenize the source when the cache is built (none: min(4, CPUs)); "
                    "the cache is byte-identical for any number")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default="tiny", help="preset: " + ", ".join(
-        f"`{name}` ({cfg['n_layer']}×{cfg['n_embd']})" for name, cfg in PRESETS.items()))
-    m.add_argument("--model-config", default=None, help="a GPT2Config JSON file instead of a preset")
-    m.add_argument("--init-from", default=None, help="start from a local Hugging Face GPT-2 directory (no hub access)")
-    m.add_argument("--dropout", type=float, default=0.0, help="dropout of embeddings, attention and residuals")
-    m.add_argument("--activation-checkpointing", action="store_true",
-                   help="recompute each transformer block's activations in backward instead of keeping them "
-                        "(Hugging Face, non-reentrant): less memory, about one more forward of compute per step; "
-                        "losses and gradients unchanged")
-    m.add_argument("--compile", action="store_true",
-                   help="`torch.compile` the model (DeepSpeed's `engine.compile()`, inductor backend); the first "
-                        "steps and the first evaluation wait for compilation. See \"Memory and compile\"")
+    _add_model_arguments(p)
     t = p.add_argument_group("run")
     t.add_argument("--run-dir", default="runs/default", help="where everything of the run goes")
     t.add_argument("--steps", type=int, default=300, help="optimizer steps in total")
@@ -106,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "`gapt-ds report` (set by `gapt-ds recipe`)")
     arithmetic.add_arguments(p)
     return p
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="tiny", help="preset: " + ", ".join(
+        f"`{name}` ({cfg['n_layer']}×{cfg['n_embd']})" for name, cfg in PRESETS.items()))
+    m.add_argument("--model-config", default=None, help="a GPT2Config JSON file instead of a preset")
+    m.add_argument("--init-from", default=None, help="start from a local Hugging Face GPT-2 directory (no hub access)")
+    m.add_argument("--dropout", type=float, default=0.0, help="dropout of embeddings, attention and residuals")
+    m.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each transformer block's activations in backward instead of keeping them "
+                        "(Hugging Face, non-reentrant): less memory, about one more forward of compute per step; "
+                        "losses and gradients unchanged")
+    m.add_argument("--compile", action="store_true",
+                   help="`torch.compile` the model (DeepSpeed's `engine.compile()`, inductor backend); the first "
+                        "steps and the first evaluation wait for compilation. See \"Memory and compile\"")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -169,9 +169,10 @@ def test_single_process_run_and_clear_errors_for_bad_inputs(tmp_path):
 @pytest.mark.skipif(cpu_compiler() is None, reason="no C++ compiler: torch.compile's inductor cannot build CPU kernels")
 def test_compile_and_activation_checkpointing_train_as_eager(tmp_path):
     """One process, ZeRO-1: `--compile --activation-checkpointing` gives eager's CE, MBE and phases through
-    memorization and compression steps and the same evaluation (float32 tolerance: inductor fuses ops),
-    with no graph break in training or evaluation."""
-    config = write_ds_config(tmp_path / "ds.json", gate={"patience_memorize": 2, "patience_compress": 2})
+    memorization and compression steps, the same alignment cosines and the same evaluation (float32 tolerance:
+    inductor fuses ops), with no graph break in training, alignment measurement or evaluation."""
+    config = write_ds_config(tmp_path / "ds.json", gate={"patience_memorize": 2, "patience_compress": 2},
+                             alignment_every=3)
     py = [sys.executable, "-m", "gapt_ds.cli", "train"]
     common = ("--steps", "6", "--eval-every", "0", "--save-every", "0")
     eager = run([*py, *train_args(tmp_path, "eager", *common, config=config)])
@@ -191,3 +192,7 @@ def test_compile_and_activation_checkpointing_train_as_eager(tmp_path):
     assert evals[0]["event"] == evals[1]["event"] == "eval"
     assert evals[1]["val_ce"] == pytest.approx(evals[0]["val_ce"], rel=1e-5)
     assert evals[1]["val_mbe"] == pytest.approx(evals[0]["val_mbe"], rel=1e-5)
+    align = [SummaryReader(str(tmp_path / r / "tensorboard")).scalars.query("tag.str.startswith('gapt/align/')")
+             .sort_values(["step", "tag"]) for r in ("eager", "fast")]  # the monitor's autograd.grad, compiled
+    assert len(align[0]) == len(align[1]) > 0 and list(align[0]["tag"]) == list(align[1]["tag"])
+    assert list(align[1]["value"]) == pytest.approx(list(align[0]["value"]), abs=1e-4)
