@@ -21,16 +21,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # bench/ is not a package; gapt_ds without installing
-from memory import free_port, resolve_device  # noqa: E402
+from memory import engine_config, free_port, resolve_device, shape_parser, train_step  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--model", default="124m", help="gapt_ds.models preset")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=1, help="micro-batch (one rank)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p = shape_parser(__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=4, help="timed steps per engine")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per engine (compilation happens here)")
     return p.parse_args(argv)
@@ -61,11 +56,7 @@ def bench(args: argparse.Namespace) -> None:
     from gapt_ds.train import compile_engine
 
     model = build_gpt2(gpt2_config(args.model, seq_len=args.seq_len))
-    cfg = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
-           "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-           "zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "gapt": {"phase": "compress"}}
-    if args.dtype == "bf16":
-        cfg["bf16"] = {"enabled": True}
+    cfg = engine_config(args)
     engines = {}
     for name, m in (("eager", model), ("compiled", copy.deepcopy(model))):
         engines[name], *_ = gapt_ds.initialize(model=m, model_parameters=m.parameters(), config=copy.deepcopy(cfg))
@@ -79,12 +70,9 @@ def bench(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = engine(input_ids=x, labels=x, use_cache=False).loss
-        engine.backward(loss)
-        engine.step()
+        loss = train_step(engine, x)
         if cuda:
             torch.cuda.synchronize()
-        assert engine.last_step.phase == 2 and engine.last_step.mbe_weights[0] > 0  # MBE was trained on
         return time.perf_counter() - t0, loss.item()
 
     times = {"eager": [], "compiled": []}

@@ -33,13 +33,38 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def shape_parser(description: str) -> argparse.ArgumentParser:
+    """The options both memory.py and compile.py take: device and training shape."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", default="124m", help="gapt_ds.models preset")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch", type=int, default=1, help="micro-batch (one rank)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    return p
+
+
+def engine_config(args: argparse.Namespace) -> dict:
+    """One rank, ZeRO-0, AdamW, GAPT pinned to the compression phase (defaults: patch MBE, P=8, inner layers)."""
+    cfg = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+           "zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "gapt": {"phase": "compress"}}
+    if args.dtype == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    return cfg
+
+
+def train_step(engine, x):
+    """One GAPT optimizer step on ``x``; returns the loss tensor (no host sync)."""
+    loss = engine(input_ids=x, labels=x, use_cache=False).loss
+    engine.backward(loss)
+    engine.step()
+    assert engine.last_step.phase == 2 and engine.last_step.mbe_weights[0] > 0  # MBE was trained on
+    return loss
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = shape_parser(__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per variant (the first allocates Adam)")
     p.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -68,12 +93,7 @@ def child(args: argparse.Namespace) -> dict:
         model = build_gpt2(gpt2_config(args.model, seq_len=args.seq_len))
         if args.child == "on":
             enable_activation_checkpointing(model)
-        cfg = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
-               "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-               "zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "gapt": {"phase": "compress"}}
-        if args.dtype == "bf16":
-            cfg["bf16"] = {"enabled": True}
-        engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+        engine, *_ = gapt_ds.initialize(model=model, model_parameters=model.parameters(), config=engine_config(args))
         setup = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         x = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len),
                           generator=torch.Generator().manual_seed(0)).to(engine.device)
@@ -85,14 +105,11 @@ def child(args: argparse.Namespace) -> dict:
                 resident = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            loss = engine(input_ids=x, labels=x, use_cache=False).loss
-            engine.backward(loss)
-            engine.step()
+            loss = train_step(engine, x)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
             losses.append(loss.item())
-            assert engine.last_step.phase == 2 and engine.last_step.mbe_weights[0] > 0  # MBE was trained on
         out = {"setup_peak": setup, "losses": losses, "step_s": statistics.median(times[1:] or times)}
         if cuda:
             step_peak = torch.cuda.max_memory_allocated()
