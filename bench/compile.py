@@ -53,14 +53,15 @@ def bench(args: argparse.Namespace) -> None:
 
     import gapt_ds
     from gapt_ds.models import build_gpt2, gpt2_config
-    from gapt_ds.train import compile_engine
+    from gapt_ds.train import check_compile_toolchain
 
     model = build_gpt2(gpt2_config(args.model, seq_len=args.seq_len))
     cfg = engine_config(args)
+    check_compile_toolchain()
     engines = {}
     for name, m in (("eager", model), ("compiled", copy.deepcopy(model))):
         engines[name], *_ = gapt_ds.initialize(model=m, model_parameters=m.parameters(), config=copy.deepcopy(cfg))
-    compile_engine(engines["compiled"])
+    engines["compiled"].compile()
     cuda = engines["eager"].device.type == "cuda"
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=gen)

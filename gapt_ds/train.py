@@ -292,6 +292,8 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
     from gapt_ds.models import build_gpt2, enable_activation_checkpointing
     from gapt_ds.optim import build_optimizer, muon_grouping
 
+    if args.compile:
+        check_compile_toolchain()
     model = build_gpt2(model_cfg, seed=args.seed, init_from=args.init_from)
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"tokenizer/vocab mismatch: the tokenizer has {vocab_size} tokens, "
@@ -307,16 +309,17 @@ def _build_engine(args: argparse.Namespace, ds_cfg: dict, model_cfg, vocab_size:
         engine, _, _, _ = gapt_ds.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                              config=engine_cfg)
     if args.compile:
-        compile_engine(engine)
+        engine.compile()  # DeepSpeed's: torch.compile (inductor) of the module, in place
     return engine
 
 
-def compile_engine(engine) -> None:
-    """DeepSpeed's ``engine.compile()`` (inductor), after checking that inductor can build CPU kernels."""
-    if engine.device.type == "cpu" and cpu_compiler() is None:
+def check_compile_toolchain() -> None:
+    """On CPU, torch.compile's inductor builds C++ kernels: refuse ``--compile`` without a C++ compiler."""
+    from gapt_ds.deepspeed_compat import on_cpu
+
+    if on_cpu() and cpu_compiler() is None:
         raise ValueError("--compile on CPU: torch.compile's inductor backend builds C++ kernels, and no C++ compiler "
                          "was found (set CXX, or install g++); run without --compile")
-    engine.compile()
 
 
 def cpu_compiler() -> Optional[str]:

@@ -14,7 +14,7 @@ import pytest
 from tbparse import SummaryReader
 
 from dist import free_port
-from gapt_ds.train import cpu_compiler, parse_args
+from gapt_ds.train import check_compile_toolchain, cpu_compiler, parse_args
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,3 +196,10 @@ def test_compile_and_activation_checkpointing_train_as_eager(tmp_path):
              .sort_values(["step", "tag"]) for r in ("eager", "fast")]  # the monitor's autograd.grad, compiled
     assert len(align[0]) == len(align[1]) > 0 and list(align[0]["tag"]) == list(align[1]["tag"])
     assert list(align[1]["value"]) == pytest.approx(list(align[0]["value"]), abs=1e-4)
+
+
+def test_compile_without_a_cpu_compiler_is_refused(monkeypatch):
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("CXX", "no-such-compiler-gapt")
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+        check_compile_toolchain()
