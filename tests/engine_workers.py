@@ -313,18 +313,19 @@ def grad_skip_worker(rank: int, cases: list[tuple[int, str]], bad_step: int) -> 
     return results
 
 
-def checkpointing_worker(rank: int, stages: list[int], steps: int) -> dict:
+def checkpointing_worker(rank: int, cases: list[tuple[int, str]], steps: int) -> dict:
     """The same GAPT run (fast gate, alignment monitor every step) without and with activation checkpointing,
-    per ZeRO stage: per step the loss, CE, MBE, phases, cosines and every full gradient before the update."""
+    per (ZeRO stage, MBE mode): per step the loss, CE, MBE, phases, cosines and every full gradient before the
+    update."""
     from gapt_ds.models import enable_activation_checkpointing
 
     out = {}
-    for stage in stages:
+    for stage, mode in cases:
         for checkpointing in (False, True):
             model = tiny_model()
             if checkpointing:
                 enable_activation_checkpointing(model)
-            gapt = {"gate": FAST_GATE, "mbe_weight": 2.0, "alignment_every": 1}
+            gapt = {"gate": FAST_GATE, "mbe_weight": 2.0, "alignment_every": 1, "mbe_mode": mode}
             engine = make_engine(ds_config(stage, gapt=gapt), model=model)
             record = []
             for step in range(steps):
@@ -337,5 +338,5 @@ def checkpointing_worker(rank: int, stages: list[int], steps: int) -> dict:
                 record.append({"loss": loss.item(), "ce": s.ce, "mbe": s.mbe, "phase": s.phase,
                                "next_phase": s.next_phase, "alignment": s.alignment, "grads": grads})
             engine.destroy()
-            out[(stage, checkpointing)] = record
+            out[(stage, mode, checkpointing)] = record
     return out

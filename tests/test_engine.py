@@ -187,15 +187,16 @@ def test_a_config_without_tensorboard_warns_once_what_to_add(tmp_path):
 
 def test_activation_checkpointing_changes_no_loss_phase_or_gradient(tmp_path):
     """Blocks recomputed in backward: MBE is measured once per forward and back-propagates exactly, under ZeRO 0
-    and 3, through memorization and compression steps, and the alignment monitor's cosines are unchanged."""
-    steps = 5
-    ranks = run_ranks(w.checkpointing_worker, tmp_path, stages=[0, 3], steps=steps)
+    and 3, patch and global (all-reduced) MBE, through memorization and compression steps, and the alignment
+    monitor's cosines are unchanged."""
+    cases = [(0, "patch"), (3, "patch"), (3, "global")]
+    ranks = run_ranks(w.checkpointing_worker, tmp_path, cases=cases, steps=5)
     for rank in ranks:
-        for stage in (0, 3):
-            plain, ckpt = rank[(stage, False)], rank[(stage, True)]
+        for stage, mode in cases:
+            plain, ckpt = rank[(stage, mode, False)], rank[(stage, mode, True)]
             assert 2 in [s["phase"] for s in plain], "the run never trained in compression"
             for step, (a, b) in enumerate(zip(plain, ckpt)):
-                where = f"ZeRO-{stage} step {step}"
+                where = f"ZeRO-{stage} {mode} step {step}"
                 for key in ("loss", "ce", "mbe", "phase", "next_phase"):
                     assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (where, key)
                 assert b["alignment"].keys() == a["alignment"].keys() and a["alignment"]
