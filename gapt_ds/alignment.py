@@ -5,14 +5,16 @@ before training on it, the cosine between the data-parallel-averaged gradients o
 MBE of the selected layers, over all trainable parameters and per transformer block.
 
 How (any ZeRO stage): a recomputed forward straight through the module, then ``torch.autograd.grad`` of
-CE and of MBE (under ZeRO-3, which cannot back-propagate twice through one forward, a second forward
-for MBE). ``autograd.grad`` never accumulates into ``.grad``, so DeepSpeed's gradient hooks, buffers and
-counters are untouched, and the RNG state is restored, so training continues bitwise as without the
-monitor. The averaged gradients are never assembled: parameters
-are packed into buckets, each bucket pair is reduce-scattered, and every rank takes dot products and
-norms over its own 1/W partition only; one all-reduce of 3 scalars per group then gives every cosine.
+CE and of MBE (under ZeRO-3, which cannot back-propagate twice through one forward, and for a compiled
+module, whose backward may refuse ``retain_graph``, a second forward for MBE). ``autograd.grad`` never
+accumulates into ``.grad``, so DeepSpeed's gradient hooks, buffers and counters are untouched, and the
+RNG state is restored, so training continues bitwise as without the monitor. The averaged gradients are
+never assembled: parameters are packed into buckets, each bucket pair is reduce-scattered, and every
+rank takes dot products and norms over its own 1/W partition only; one all-reduce of 3 scalars per group
+then gives every cosine.
 Memory: this rank's local gradients of both losses (twice what a ZeRO-0 backward holds) plus one bucket.
-Cost per measurement: one extra forward and two backward passes of one micro-batch (ZeRO-3: two of each).
+Cost per measurement: one extra forward and two backward passes of one micro-batch (ZeRO-3 or compiled:
+two of each).
 """
 
 from __future__ import annotations

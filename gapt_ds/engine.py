@@ -132,7 +132,7 @@ class GaptEngineMixin:
         if training and self._alignment is not None and self._acc is None \
                 and self.global_steps % self.gapt_config.alignment_every == 0:
             self._pending_alignment = self._alignment.measure(lambda: self._measurement_losses(inputs, kwargs),
-                                                              one_forward=self.zero_optimization_stage() < 3)
+                                                              one_forward=self._alignment_one_forward())
         weights = self.algorithm.layer_weights(len(self.mbe_layer_ids)) if training else [0.0] * len(self.mbe_layer_ids)
         with self._mbe.capture(weights, strict=training) as layers:
             out = super().forward(*inputs, **kwargs)
@@ -145,6 +145,12 @@ class GaptEngineMixin:
         if training:
             self._accumulate(ce.detach(), layers, weights)
         return _with_loss(out, loss)
+
+    def _alignment_one_forward(self) -> bool:
+        """Whether the alignment monitor may back-propagate CE and MBE through one forward (retaining its graph).
+        Not under ZeRO-3 (one forward, one backward), nor for a compiled module: a compiled backward may donate
+        its buffers, and then refuses ``retain_graph`` (whether it does depends on inductor's cache)."""
+        return self.zero_optimization_stage() < 3 and not self.is_compiled
 
     def _measurement_losses(self, inputs, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """A forward for the alignment monitor: (CE, mean MBE of the selected layers), both with graphs.

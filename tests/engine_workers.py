@@ -340,3 +340,24 @@ def checkpointing_worker(rank: int, cases: list[tuple[int, str]], steps: int) ->
             engine.destroy()
             out[(stage, mode, checkpointing)] = record
     return out
+
+
+
+
+def compiled_alignment_worker(rank: int, cache_dir: str, every: int) -> dict:
+    """Two steps with the alignment monitor every ``every`` steps (0: off) of a compiled engine (inductor, its
+    cache in ``cache_dir``) and, if the monitor is on, of an eager one: the cosines of each step."""
+    import os
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+    out = {}
+    for compiled in (True, False) if every else (True,):
+        engine = make_engine(ds_config(0, gapt={"alignment_every": every, "phase": "compress"}))
+        if compiled:
+            engine.compile()
+        out[compiled] = []
+        for step in range(2):
+            train_step(engine, step, rank)
+            out[compiled].append(engine.last_step.alignment)
+        engine.destroy()
+    return out

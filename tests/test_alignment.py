@@ -7,6 +7,7 @@ import torch
 import engine_workers as w
 from dist import run_ranks
 from gapt_ds.mbe import patch_mbe
+from gapt_ds.train import cpu_compiler
 
 pytestmark = pytest.mark.distributed
 
@@ -51,3 +52,15 @@ def test_measuring_does_not_change_training(tmp_path, stage):
     on = run_ranks(w.monitor_invariance_worker, tmp_path / "on", every=2, **kw)
     off = run_ranks(w.monitor_invariance_worker, tmp_path / "off", every=0, **kw)
     assert on == off  # bitwise: the same float values, dropout included
+
+
+@pytest.mark.skipif(cpu_compiler() is None, reason="no C++ compiler: torch.compile's inductor cannot build CPU kernels")
+def test_compiled_engine_measures_even_with_an_inductor_cache_from_a_run_without_the_monitor(tmp_path):
+    """A backward compiled (and cached) by a run without the monitor donates its buffers and refuses the
+    retain_graph of a one-forward measurement: a compiled engine measures with two forwards."""
+    cache = str(tmp_path / "inductor")
+    run_ranks(w.compiled_alignment_worker, tmp_path / "prime", world=1, cache_dir=cache, every=0)
+    (got,) = run_ranks(w.compiled_alignment_worker, tmp_path / "measure", world=1, cache_dir=cache, every=1)
+    for compiled, eager in zip(got[True], got[False]):
+        assert compiled.keys() == eager.keys() and "all" in eager
+        assert list(compiled.values()) == pytest.approx(list(eager.values()), abs=1e-5)
