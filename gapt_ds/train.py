@@ -356,7 +356,8 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
     evaluator = Evaluator(engine, cache.split("val"), tokenizer, args.seq_len, args.eval_batches, arith, args.seed,
                           rank, world, task=task)
     log = MetricsWriter(engine.monitor, rank, jsonl=run_dir / "metrics.jsonl")
-    trainer = Trainer(args, engine, _batches(args, cache, tokenizer, micro, layout), evaluator, log, fingerprint,
+    batches = _batches(args, task, cache, tokenizer, micro, rank, world, layout)
+    trainer = Trainer(args, engine, batches, evaluator, log, fingerprint,
                       settings, rank, world, layout, step, sequences)
     if resumed is not None:
         moved = {"from_layout": list(resumed.saved_layout), "universal": resumed.universal} \
@@ -371,14 +372,12 @@ def _setup(args: argparse.Namespace, engine, cache, tokenizer, fingerprint: dict
     return trainer
 
 
-def _batches(args: argparse.Namespace, cache, tokenizer, micro: int, layout: tuple[int, int]):
+def _batches(args: argparse.Namespace, task, cache, tokenizer, micro: int, rank: int, world: int,
+             layout: tuple[int, int]):
     """The training data: position = sequences consumed, laid out by ``layout`` (the run's first world size
     and micro-batch), so that any split of the same global batch reads the same sequences per step."""
-    from gapt_ds import distributed
     from gapt_ds.data.batches import PackedBatches
 
-    rank, world = distributed.rank(), distributed.world_size()
-    task = arithmetic.task_from_args(args)
     if task and task.per_problem:
         return arithmetic.ProblemBatches(task, tokenizer, args.seq_len, micro, rank, world, args.seed, layout)
     return PackedBatches(cache.split("train"), args.seq_len, micro, rank, world, args.seed, layout)
